@@ -1,0 +1,43 @@
+"""convnd: one convolution for any number of spatial dims.
+
+The rank follows the kernel; for 1-3 dims results are bit-identical to torch.nn,
+past that convnd lowers onto torch's native kernels.
+"""
+
+from __future__ import annotations
+
+from . import reference
+from .errors import ConvndError, ConvndTypeError, ConvndValueError
+from .functional import conv, conv_transpose
+from .modules import (
+    Conv1d,
+    Conv2d,
+    Conv3d,
+    ConvNd,
+    ConvTranspose1d,
+    ConvTranspose2d,
+    ConvTranspose3d,
+    ConvTransposeNd,
+)
+from .spec import ConvSpec, make_spec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvNd",
+    "ConvSpec",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    "ConvTransposeNd",
+    "ConvndError",
+    "ConvndTypeError",
+    "ConvndValueError",
+    "conv",
+    "conv_transpose",
+    "make_spec",
+    "reference",
+]

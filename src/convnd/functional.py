@@ -1,0 +1,110 @@
+"""``convnd.conv`` and ``convnd.conv_transpose``: the functional entry points.
+
+Both read the rank from the weight (N = weight.dim() - 2), build the spec once,
+check the operands against it and hand them to the planner. For N <= 3 the plan
+is a single call of torch's own kernel with the user's arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .checks import check_operands, check_tensor
+from .errors import fail
+from .lowering import execute, plan
+from .spec import ConvSpec, IntOrTuple, PaddingArg, make_spec
+
+
+def run(input: Any, weight: Any, bias: Any, spec: ConvSpec, *, native_rank: int | None = None) -> torch.Tensor:
+    """Check operands against ``spec`` and run it; the one path every convnd client takes.
+
+    Args:
+        input, weight, bias: the operands (see :func:`conv`).
+        spec: the validated convolution.
+        native_rank: force the rank of the native kernels (used by ``emulate``).
+    """
+    check_operands(input, weight, bias, spec)
+    return execute(input, weight, bias, spec, plan(spec, native_rank))
+
+
+def kernel_of(weight: Any) -> tuple[int, ...]:
+    """The kernel size a weight implies; its length is the rank."""
+    weight = check_tensor("weight", weight)
+    if weight.dim() < 3:
+        fail("weight", weight, "a tensor with at least 3 dims: (C_out, C_in / groups, *kernel)")
+    if 0 in weight.shape:
+        fail("weight", weight, "a tensor with no zero-sized dim")
+    return tuple(weight.shape[2:])
+
+
+def conv(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: IntOrTuple = 1,
+    padding: PaddingArg = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """N-d convolution (cross-correlation) where N is the weight's number of spatial dims.
+
+    Args:
+        input: (B, C_in, *spatial) or unbatched (C_in, *spatial).
+        weight: (C_out, C_in / groups, *kernel); N = weight.dim() - 2.
+        bias: (C_out,) or None.
+        stride: an int or N ints.
+        padding: an int, N ints, N (low, high) pairs (or a mix), ``'valid'`` or ``'same'``.
+        dilation: an int or N ints.
+        groups: splits the channels into this many independent convolutions.
+        padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'`` or ``'circular'``, for any N.
+
+    Shape:
+        out[i] = floor((L[i] + low[i] + high[i] - dilation[i] * (kernel[i] - 1) - 1) / stride[i]) + 1
+        per spatial dim; output (B, C_out, *out) or (C_out, *out).
+
+    Example:
+        >>> x = torch.randn(2, 3, 5, 6, 7, 8)
+        >>> w = torch.randn(4, 3, 3, 3, 3, 3)
+        >>> conv(x, w, padding=1).shape
+        torch.Size([2, 4, 5, 6, 7, 8])
+    """
+    spec = make_spec(kernel_of(weight), stride, padding, dilation, groups, padding_mode)
+    return run(input, weight, bias, spec)
+
+
+def conv_transpose(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple = 0,
+    output_padding: IntOrTuple = 0,
+    groups: int = 1,
+    dilation: IntOrTuple = 1,
+) -> torch.Tensor:
+    """N-d transposed convolution: the adjoint of :func:`conv` with the same arguments.
+
+    Args:
+        input: (B, C_in, *spatial) or unbatched (C_in, *spatial).
+        weight: (C_in, C_out / groups, *kernel); N = weight.dim() - 2.
+        bias: (C_out,) or None.
+        stride, padding, dilation, groups: those of the convolution this is the adjoint of.
+        output_padding: extra size on the high side, below max(stride, dilation) per dim.
+
+    Shape:
+        out[i] = (L[i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (kernel[i] - 1)
+        + output_padding[i] + 1 per spatial dim.
+
+    Example:
+        >>> x = torch.randn(1, 4, 3, 3, 3, 3)
+        >>> w = torch.randn(4, 2, 2, 2, 2, 2)
+        >>> conv_transpose(x, w, stride=2).shape
+        torch.Size([1, 2, 6, 6, 6, 6])
+    """
+    spec = make_spec(
+        kernel_of(weight), stride, padding, dilation, groups, transposed=True, output_padding=output_padding
+    )
+    return run(input, weight, bias, spec)

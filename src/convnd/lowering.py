@@ -1,0 +1,185 @@
+"""Plans: how a :class:`ConvSpec` runs on torch's native 1-, 2- and 3-d kernels.
+
+A plan fixes the *native rank* r, the rank of every torch convolution that runs,
+and a *strategy* for the dims that rank cannot hold:
+
+- ``direct``: N == r, one native call with the user's own arguments (bit-identical to torch).
+- ``lift``: N < r, singleton spatial dims are prepended; still one native call.
+- ``tapsum``: N > r, the leading N - r ("outer") dims are convolved by hand: for each
+  outer kernel tap, the input positions that tap reads are folded into the batch and
+  one native r-d convolution runs over the trailing dims; its result is added into the
+  output positions that tap writes. Taps that would read only zero padding are skipped,
+  so zero padding of outer dims costs no copy. The transposed convolution scatters the
+  same way. No loop ever runs over output positions, only over outer kernel taps.
+
+``convnd.conv`` (N > 3), ``convnd.emulate`` and ``convnd.rewrite`` all run through here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import fail
+from .padding import pad_nd, torch_pad_order
+from .spec import ConvSpec
+
+NATIVE_RANKS = (1, 2, 3)
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to run a spec.
+
+    Attributes:
+        native_rank: the spatial rank of every native torch convolution the plan runs.
+        strategy: ``direct``, ``lift`` or ``tapsum`` (see the module docstring).
+    """
+
+    native_rank: int
+    strategy: str
+
+
+def plan(spec: ConvSpec, native_rank: int | None = None) -> Plan:
+    """Choose how to run ``spec``; ``native_rank`` forces the rank of the native kernels.
+
+    Args:
+        spec: the convolution.
+        native_rank: 1, 2 or 3; by default the spec's own rank, capped at 3.
+    """
+    rank = min(spec.dims, 3) if native_rank is None else native_rank
+    if rank not in NATIVE_RANKS:
+        fail("dims", native_rank, "1, 2 or 3", reason="torch has native convolutions of these ranks only")
+    if spec.dims == rank:
+        return Plan(rank, "direct")
+    return Plan(rank, "lift" if spec.dims < rank else "tapsum")
+
+
+def execute(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, how: Plan
+) -> torch.Tensor:
+    """Run ``spec`` on checked operands following ``how``.
+
+    Shape:
+        x: (B, C_in, *spatial) or (C_in, *spatial); the output keeps x's batching.
+    """
+    if how.strategy == "direct":
+        return native(x, weight, bias, spec)
+    batched = x.dim() == spec.dims + 2
+    if not batched:
+        x = x.unsqueeze(0)
+    if how.strategy == "lift":
+        y = _lift(x, weight, bias, spec, how.native_rank)
+    else:
+        y = _tapsum(x, weight, bias, spec, how.native_rank)
+    return y if batched else y.squeeze(0)
+
+
+def native(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec) -> torch.Tensor:
+    """One torch convolution of rank ``spec.dims`` (1..3), exactly as torch.nn would call it.
+
+    Non-zero padding modes pad first and convolve unpadded (what torch.nn's modules do);
+    asymmetric zero padding pads the difference and passes the common part.
+    """
+    if spec.transposed:
+        padding = tuple(lo for lo, _ in spec.padding)
+        return _CONV_T[spec.dims](
+            x, weight, bias, spec.stride, padding, spec.output_padding, spec.groups, spec.dilation
+        )
+    if spec.padding_mode != "zeros":
+        x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()
+    padding = spec.native_padding
+    if padding is None:
+        common = tuple(min(pair) for pair in spec.padding)
+        x = F.pad(x, torch_pad_order(tuple((lo - c, hi - c) for (lo, hi), c in zip(spec.padding, common))))
+        padding = common
+    return _CONV[spec.dims](x, weight, bias, spec.stride, padding, spec.dilation, spec.groups)
+
+
+def _lift(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, rank: int) -> torch.Tensor:
+    """Run an N-d convolution as an r-d one (r > N) over singleton leading spatial dims."""
+    extra = rank - spec.dims
+    y = native(
+        _insert_singletons(x, extra, spec.dims), _insert_singletons(weight, extra, spec.dims), bias, spec.lifted(extra)
+    )
+    return y.flatten(1, 1 + extra)
+
+
+def _insert_singletons(t: torch.Tensor, count: int, dims: int) -> torch.Tensor:
+    """Insert ``count`` size-1 dims in front of the last ``dims`` dims (a view)."""
+    return t.reshape(t.shape[: t.dim() - dims] + (1,) * count + t.shape[t.dim() - dims :])
+
+
+def _tapsum(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, rank: int
+) -> torch.Tensor:
+    """Convolve the leading N - r dims tap by tap, the trailing r natively (see module docstring)."""
+    if spec.padding_mode != "zeros":
+        x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()
+    n_outer = spec.dims - rank
+    outer, inner = spec.select(range(n_outer)), spec.select(range(n_outer, spec.dims))
+    batch, channels = x.shape[:2]
+    out_channels = weight.shape[1] * spec.groups if spec.transposed else weight.shape[0]
+    out_size = spec.output_size(x.shape[2:])
+    # outer dims in front of the batch, so a run of outer positions folds into the batch as a view
+    to_front = (*range(2, 2 + n_outer), 0, 1, *range(2 + n_outer, 2 + spec.dims))
+    xp = x.permute(to_front).contiguous()
+    y = x.new_zeros((batch, out_channels, *out_size))
+    yp = y.permute(to_front)
+    step = _scatter_step if spec.transposed else _gather_step
+    for tap in itertools.product(*(range(k) for k in outer.kernel)):
+        windows = [
+            step(t, n, o, s, d, lo)
+            for t, n, o, s, d, (lo, _) in zip(tap, x.shape[2:], out_size, outer.stride, outer.dilation, outer.padding)
+        ]
+        if any(w is None for w in windows):
+            continue  # this tap reads only zero padding
+        xs = xp[tuple(src for src, _ in windows)]
+        counts = xs.shape[:n_outer]
+        folded = xs.reshape((math.prod(counts) * batch, channels, *xs.shape[n_outer + 2 :]))
+        ys = native(folded, weight[(slice(None), slice(None), *tap)], None, inner)
+        yp[tuple(dst for _, dst in windows)] += ys.reshape((*counts, batch, out_channels, *ys.shape[2:]))
+    if bias is not None:
+        y = y + bias.reshape((out_channels,) + (1,) * spec.dims)
+    return y
+
+
+Window = tuple[slice, slice]
+
+
+def _gather_step(tap: int, size: int, out: int, stride: int, dilation: int, low: int) -> Window | None:
+    """Along one outer dim: the input slice tap ``tap`` reads and the output slice it writes.
+
+    Output o reads input ``o * stride + tap * dilation - low``; keep the o inside the input.
+    """
+    offset = tap * dilation - low
+    first = max(0, _ceil_div(-offset, stride))
+    last = min(out - 1, (size - 1 - offset) // stride)
+    if last < first:
+        return None
+    start = first * stride + offset
+    return slice(start, start + (last - first) * stride + 1, stride), slice(first, last + 1)
+
+
+def _scatter_step(tap: int, size: int, out: int, stride: int, dilation: int, low: int) -> Window | None:
+    """Transposed: the input slice tap ``tap`` spreads and the (strided) output slice it lands on.
+
+    Input i lands on output ``i * stride + tap * dilation - low``; keep the i landing inside.
+    """
+    offset = tap * dilation - low
+    first = max(0, _ceil_div(-offset, stride))
+    last = min(size - 1, (out - 1 - offset) // stride)
+    if last < first:
+        return None
+    start = first * stride + offset
+    return slice(first, last + 1), slice(start, start + (last - first) * stride + 1, stride)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)

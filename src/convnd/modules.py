@@ -1,0 +1,346 @@
+"""Convolution modules for any rank, drop-in for torch.nn's Conv and ConvTranspose classes.
+
+One base class holds everything; the public classes differ only in the rank they
+assume for an int ``kernel_size`` (``None`` for the N-d classes, which then need
+``dims=``). Attribute names, parameter shapes, initialisation (the same RNG calls
+in the same order), ``repr`` and ``state_dict`` keys follow ``torch.nn.ConvXd``, so
+checkpoints load both ways and a seed gives the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import init
+
+from .errors import fail
+from .functional import run
+from .padding import torch_pad_order
+from .spec import ConvSpec, IntOrTuple, PaddingArg, as_int, make_spec, resolve_kernel
+
+
+class _ConvBase(nn.Module):
+    """Shared state and behaviour of every convnd convolution module (see module docstring)."""
+
+    _rank: int | None = None  # the rank an int kernel_size means; None: ask for dims=
+    __constants__ = (
+        "stride", "padding", "dilation", "groups", "padding_mode", "output_padding",
+        "in_channels", "out_channels", "kernel_size",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrTuple,
+        stride: IntOrTuple,
+        padding: PaddingArg,
+        dilation: IntOrTuple,
+        transposed: bool,
+        output_padding: IntOrTuple,
+        groups: int,
+        bias: bool,
+        padding_mode: str,
+        device: Any = None,
+        dtype: Any = None,
+        dims: int | None = None,
+    ) -> None:
+        super().__init__()
+        kernel = resolve_kernel(kernel_size, self._rank, dims)
+        spec = make_spec(
+            kernel,
+            stride,
+            padding,
+            dilation,
+            groups,
+            padding_mode,
+            transposed=transposed,
+            output_padding=output_padding,
+        )
+        self.in_channels = as_int("in_channels", in_channels, minimum=1)
+        self.out_channels = as_int("out_channels", out_channels, minimum=1)
+        for name, count in (("in_channels", self.in_channels), ("out_channels", self.out_channels)):
+            if count % spec.groups:
+                fail(name, count, f"divisible by groups={spec.groups}")
+        self.kernel_size = spec.kernel
+        self.stride = spec.stride
+        self.padding = _padding_attribute(padding, spec)
+        self.dilation = spec.dilation
+        self.transposed = transposed
+        self.output_padding = spec.output_padding
+        self.groups = spec.groups
+        self.padding_mode = spec.padding_mode
+        # F.pad order (last dim first), as torch.nn keeps it for non-zero padding modes
+        self._reversed_padding_repeated_twice = torch_pad_order(spec.padding)
+        factory = {"device": device, "dtype": dtype}
+        if transposed:
+            shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
+        else:
+            shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        self.weight = nn.Parameter(torch.empty(shape, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(self.out_channels, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torch.nn's initialisation, call for call: kaiming-uniform weight, uniform bias in ±1/sqrt(fan_in)."""
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
+            if fan_in != 0:
+                bound = 1 / math.sqrt(fan_in)
+                init.uniform_(self.bias, -bound, bound)
+
+    @property
+    def dims(self) -> int:
+        """The number of spatial dims this module convolves."""
+        return len(self.kernel_size)
+
+    @property
+    def spec(self) -> ConvSpec:
+        """The validated spec, rebuilt (from a cache) from the attributes, so edits to them take effect."""
+        return make_spec(
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.padding_mode,
+            transposed=self.transposed,
+            output_padding=self.output_padding,
+        )
+
+    def extra_repr(self) -> str:
+        s = "{in_channels}, {out_channels}, kernel_size={kernel_size}, stride={stride}"
+        if self.padding != (0,) * len(self.padding):
+            s += ", padding={padding}"
+        if self.dilation != (1,) * len(self.dilation):
+            s += ", dilation={dilation}"
+        if self.output_padding != (0,) * len(self.output_padding):
+            s += ", output_padding={output_padding}"
+        if self.groups != 1:
+            s += ", groups={groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += ", padding_mode={padding_mode}"
+        return s.format(**self.__dict__)
+
+
+def _padding_attribute(padding: PaddingArg, spec: ConvSpec) -> str | tuple[Any, ...]:
+    """What ``module.padding`` holds: the word, one int per dim (as torch), or (low, high) pairs."""
+    if isinstance(padding, str):
+        return padding
+    if spec.symmetric:
+        return tuple(lo for lo, _ in spec.padding)
+    return spec.padding
+
+
+class ConvNd(_ConvBase):
+    """Convolution over N spatial dims, N taken from a tuple ``kernel_size`` or ``dims=``.
+
+    Args:
+        in_channels: channels of the input.
+        out_channels: channels produced.
+        kernel_size: a tuple (its length is N) or an int together with ``dims=``.
+        stride: an int or N ints.
+        padding: an int, N ints, N (low, high) pairs, ``'valid'`` or ``'same'``.
+        dilation: an int or N ints.
+        groups: channel groups; must divide both channel counts.
+        bias: add a learnable bias.
+        padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'`` or ``'circular'``, for any N.
+        dims: the rank, needed when ``kernel_size`` is an int.
+
+    Shape:
+        input (B, C_in, *spatial) or (C_in, *spatial) -> (B, C_out, *out) with
+        out[i] = floor((L[i] + low[i] + high[i] - dilation[i] * (kernel[i] - 1) - 1) / stride[i]) + 1.
+
+    Attributes:
+        weight: (out_channels, in_channels / groups, *kernel_size).
+        bias: (out_channels,) or None.
+
+    Example:
+        >>> m = ConvNd(2, 4, kernel_size=(3, 3, 3, 3), padding="same")
+        >>> m(torch.randn(1, 2, 5, 5, 5, 5)).shape
+        torch.Size([1, 4, 5, 5, 5, 5])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrTuple,
+        stride: IntOrTuple = 1,
+        padding: PaddingArg = 0,
+        dilation: IntOrTuple = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        dims: int | None = None,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, False, 0, groups, bias, padding_mode,
+            device, dtype, dims,
+        )  # fmt: skip
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return run(input, self.weight, self.bias, self.spec)
+
+
+class Conv1d(ConvNd):
+    """Drop-in for ``torch.nn.Conv1d``; a tuple ``kernel_size`` of another length sets the rank (see ConvNd)."""
+
+    _rank = 1
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrTuple,
+        stride: IntOrTuple = 1,
+        padding: PaddingArg = 0,
+        dilation: IntOrTuple = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype
+        )
+
+
+class Conv2d(Conv1d):
+    """Drop-in for ``torch.nn.Conv2d``; a tuple ``kernel_size`` of another length sets the rank (see ConvNd)."""
+
+    _rank = 2
+
+
+class Conv3d(Conv1d):
+    """Drop-in for ``torch.nn.Conv3d``; a tuple ``kernel_size`` of another length sets the rank (see ConvNd)."""
+
+    _rank = 3
+
+
+class ConvTransposeNd(_ConvBase):
+    """Transposed convolution over N spatial dims: the adjoint of ConvNd, N from the kernel or ``dims=``.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, groups, bias, dilation, dims: as ConvNd.
+        padding: an int or N ints: how much the full output is cropped on each side.
+        output_padding: extra size on the high side of each dim, below max(stride, dilation).
+        padding_mode: only ``'zeros'`` (as torch).
+
+    Shape:
+        input (B, C_in, *spatial) or (C_in, *spatial) -> (B, C_out, *out) with
+        out[i] = (L[i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (kernel[i] - 1) + output_padding[i] + 1.
+
+    Attributes:
+        weight: (in_channels, out_channels / groups, *kernel_size).
+        bias: (out_channels,) or None.
+
+    Example:
+        >>> m = ConvTransposeNd(4, 2, kernel_size=(2, 2, 2, 2), stride=2)
+        >>> m(torch.randn(1, 4, 3, 3, 3, 3)).shape
+        torch.Size([1, 2, 6, 6, 6, 6])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrTuple,
+        stride: IntOrTuple = 1,
+        padding: IntOrTuple = 0,
+        output_padding: IntOrTuple = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: IntOrTuple = 1,
+        padding_mode: str = "zeros",
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        dims: int | None = None,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, True, output_padding, groups, bias,
+            padding_mode, device, dtype, dims,
+        )  # fmt: skip
+
+    def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        spec = self.spec
+        if output_size is not None:
+            spec = self._spec_for_size(input, output_size, spec)
+        return run(input, self.weight, self.bias, spec)
+
+    def _spec_for_size(self, input: torch.Tensor, output_size: Any, spec: ConvSpec) -> ConvSpec:
+        """The spec whose output_padding makes the output ``output_size`` (torch's rule)."""
+        n = spec.dims
+        size = tuple(int(s) for s in output_size)
+        if len(size) in (n + 1, n + 2):
+            size = size[-n:]
+        if len(size) != n:
+            fail("output_size", size, f"{n} spatial sizes (optionally preceded by batch and channel sizes)")
+        smallest = make_spec(
+            spec.kernel, spec.stride, tuple(lo for lo, _ in spec.padding), spec.dilation, spec.groups, transposed=True
+        ).output_size(tuple(input.shape[-n:]))
+        largest = tuple(lo + s - 1 for lo, s in zip(smallest, spec.stride))
+        if any(not lo <= s <= hi for s, lo, hi in zip(size, smallest, largest)):
+            fail(
+                "output_size",
+                size,
+                f"between {smallest} and {largest} in each spatial dim",
+                reason="reachable sizes for this input",
+            )
+        extra = tuple(s - lo for s, lo in zip(size, smallest))
+        return make_spec(
+            spec.kernel, spec.stride, tuple(lo for lo, _ in spec.padding), spec.dilation, spec.groups,
+            transposed=True, output_padding=extra,
+        )  # fmt: skip
+
+
+class ConvTranspose1d(ConvTransposeNd):
+    """Drop-in for ``torch.nn.ConvTranspose1d``; a tuple ``kernel_size`` of another length sets the rank."""
+
+    _rank = 1
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrTuple,
+        stride: IntOrTuple = 1,
+        padding: IntOrTuple = 0,
+        output_padding: IntOrTuple = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: IntOrTuple = 1,
+        padding_mode: str = "zeros",
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, bias, dilation,
+            padding_mode, device, dtype,
+        )  # fmt: skip
+
+
+class ConvTranspose2d(ConvTranspose1d):
+    """Drop-in for ``torch.nn.ConvTranspose2d``; a tuple ``kernel_size`` of another length sets the rank."""
+
+    _rank = 2
+
+
+class ConvTranspose3d(ConvTranspose1d):
+    """Drop-in for ``torch.nn.ConvTranspose3d``; a tuple ``kernel_size`` of another length sets the rank."""
+
+    _rank = 3

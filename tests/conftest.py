@@ -1,0 +1,26 @@
+"""Shared fixtures: the device the suite runs on (``pytest --device=cuda``), as kornia does.
+
+CI runs on CPU; on a GPU machine ``pytest --device=cuda`` runs every test that takes
+the ``device`` fixture on CUDA instead.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import settings
+
+settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True)
+settings.load_profile("ci")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default="cpu", help="device for tests taking the device fixture: cpu or cuda")
+
+
+@pytest.fixture(scope="session")
+def device(request: pytest.FixtureRequest) -> torch.device:
+    name = request.config.getoption("--device")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("--device=cuda given but no CUDA device is available")
+    return torch.device(name)
