@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 import convnd
 from convnd import reference
+from convnd.functional import run
+from convnd.spec import make_spec
 
 TORCH_FUNCTIONAL = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 TORCH_MODULE = {1: torch.nn.ConvTranspose1d, 2: torch.nn.ConvTranspose2d, 3: torch.nn.ConvTranspose3d}
@@ -210,6 +212,19 @@ FEATURED = [
 def test_agrees_with_the_reference(case: Case) -> None:
     x, w, b = case.operands(torch.float64)
     y = convnd.conv_transpose(x, w, b, *case.args)
+    expected = reference.conv_transpose(batched(x, case), w, b, *case.args)
+    np.testing.assert_allclose(batched(y, case).numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
+@given(case=cases(st.integers(1, 5), max_kernel=2), native_rank=st.sampled_from((1, 2, 3)))
+def test_every_native_rank_agrees_with_the_reference(case: Case, native_rank: int) -> None:
+    """The planner's scatter (tapsum) and lift for a transposed spec, on native kernels of every rank."""
+    x, w, b = case.operands(torch.float64)
+    spec = make_spec(
+        case.kernel, case.stride, case.padding, case.dilation, case.groups, transposed=True,
+        output_padding=case.output_padding,
+    )  # fmt: skip
+    y = run(x, w, b, spec, native_rank=native_rank)
     expected = reference.conv_transpose(batched(x, case), w, b, *case.args)
     np.testing.assert_allclose(batched(y, case).numpy(), expected, rtol=1e-10, atol=1e-10)
 

@@ -291,28 +291,37 @@ class ConvTransposeNd(_ConvBase):
         """
         spec = self.spec
         if output_size is not None:
-            spec = self._spec_for_size(input, output_size, spec)
+            spec = spec_for_output_size(spec, input, output_size)
         return run(input, self.weight, self.bias, spec)
 
-    def _spec_for_size(self, input: torch.Tensor, output_size: Any, spec: ConvSpec) -> ConvSpec:
-        """The spec whose output_padding makes the output ``output_size``."""
-        n = spec.dims
-        if check_tensor("input", input).dim() not in (n + 1, n + 2):
-            return spec  # run() reports the input's rank
-        leading = input.dim() - n
-        size = tuple(output_size) if isinstance(output_size, Sequence) else output_size
-        if isinstance(size, tuple) and len(size) == n + leading:
-            size = size[leading:]
-        if not isinstance(size, tuple) or len(size) != n:
-            fail(
-                "output_size",
-                size,
-                f"a sequence of {n} spatial sizes, or {n + leading} with the input's leading sizes in front",
-                reason=f"the input has {input.dim()} dims",
-                kind="type" if not isinstance(size, tuple) else "value",
-            )
-        size = as_tuple("output_size", size, n, minimum=1)
-        return replace(spec, output_padding=spec.output_padding_for(input.shape[-n:], size))
+
+def spec_for_output_size(spec: ConvSpec, input: torch.Tensor, output_size: Any) -> ConvSpec:
+    """The transposed ``spec`` whose output_padding makes the output ``output_size``.
+
+    Args:
+        spec: a transposed convolution.
+        input: the input it will run on (its rank and spatial sizes are read).
+        output_size: N spatial sizes, or N + 2 (batched) / N + 1 (unbatched) with the input's
+            leading sizes in front, as torch.nn takes it. The range rule is
+            :meth:`ConvSpec.output_padding_for`.
+    """
+    n = spec.dims
+    if check_tensor("input", input).dim() not in (n + 1, n + 2):
+        return spec  # run() reports the input's rank
+    leading = input.dim() - n
+    size = tuple(output_size) if isinstance(output_size, Sequence) else output_size
+    if isinstance(size, tuple) and len(size) == n + leading:
+        size = size[leading:]
+    if not isinstance(size, tuple) or len(size) != n:
+        fail(
+            "output_size",
+            size,
+            f"a sequence of {n} spatial sizes, or {n + leading} with the input's leading sizes in front",
+            reason=f"the input has {input.dim()} dims",
+            kind="type" if not isinstance(size, tuple) else "value",
+        )
+    size = as_tuple("output_size", size, n, minimum=1)
+    return replace(spec, output_padding=spec.output_padding_for(input.shape[-n:], size))
 
 
 class ConvTranspose1d(ConvTransposeNd):
