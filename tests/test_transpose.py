@@ -262,20 +262,24 @@ def test_adjoint_identity(case: Case) -> None:
     assert torch.allclose(lhs, rhs, rtol=1e-10, atol=1e-10), (lhs, rhs)
 
 
+# (kernel, keywords): strided with output_padding, grouped and dilated, and an outer kernel of 1 (each tap then
+# writes a whole outer dim, the in-place case autograd once rejected)
 GRADCHECK_CASES = {
-    "strided": dict(stride=(2, 1, 2, 3), padding=(1, 0, 0, 1), output_padding=(1, 0, 1, 2), groups=1, dilation=1),
-    "grouped-dilated": dict(
-        stride=1, padding=(0, 1, 1, 0), output_padding=(1, 0, 0, 0), groups=2, dilation=(2, 2, 1, 1)
+    "strided": ((2, 2, 2, 2), dict(stride=(2, 1, 2, 3), padding=(1, 0, 0, 1), output_padding=(1, 0, 1, 2))),
+    "grouped-dilated": (
+        (2, 2, 2, 2),
+        dict(padding=(0, 1, 1, 0), output_padding=(1, 0, 0, 0), groups=2, dilation=(2, 2, 1, 1)),
     ),
+    "outer-kernel-1": ((1, 2, 1, 2), dict(stride=(1, 2, 1, 1), groups=2)),
 }
 
 
-@pytest.mark.parametrize("kwargs", GRADCHECK_CASES.values(), ids=GRADCHECK_CASES.keys())
-def test_gradcheck_4d(kwargs: dict[str, Any]) -> None:
+@pytest.mark.parametrize(("kernel", "kwargs"), GRADCHECK_CASES.values(), ids=GRADCHECK_CASES.keys())
+def test_gradcheck_4d(kernel: tuple[int, ...], kwargs: dict[str, Any]) -> None:
     torch.manual_seed(0)
-    groups = kwargs["groups"]
+    groups = kwargs.get("groups", 1)
     x = torch.randn(1, 2, 2, 2, 2, 2, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(2, 4 // groups, 2, 2, 2, 2, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 4 // groups, *kernel, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, w, b: convnd.conv_transpose(x, w, b, **kwargs), (x, w, b))
 
@@ -375,6 +379,11 @@ ERRORS = [
         lambda: convnd.ConvTranspose2d(4, 2, 3, stride=2)(X2, output_size=[11, 13]),
         "output_size must be between (11, 11) and (12, 12) in each spatial dim, got (11, 13) "
         "(the sizes reachable from input size (5, 5))",
+    ),
+    (
+        lambda: convnd.ConvTranspose2d(4, 2, 3)(X2, output_size=7),
+        "output_size must be a sequence of 2 spatial sizes, or 4 with the input's leading sizes in front, "
+        "got 7 (the input has 4 dims)",
     ),
     (
         lambda: convnd.ConvTransposeNd(4, 2, 3, dims=4)(torch.randn(4, 2, 2, 2, 2), output_size=(4, 4, 4, 5)),
