@@ -209,11 +209,11 @@ FEATURED = [
 @example(case=FEATURED[0])
 @example(case=FEATURED[1])
 @given(case=cases(st.integers(1, 5)))
-def test_agrees_with_the_reference(case: Case) -> None:
-    x, w, b = case.operands(torch.float64)
+def test_agrees_with_the_reference(case: Case, device: torch.device) -> None:
+    x, w, b = case.operands(torch.float64, device)
     y = convnd.conv_transpose(x, w, b, *case.args)
     expected = reference.conv_transpose(batched(x, case), w, b, *case.args)
-    np.testing.assert_allclose(batched(y, case).numpy(), expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(batched(y, case).cpu().numpy(), expected, rtol=1e-10, atol=1e-10)
 
 
 @given(case=cases(st.integers(1, 5), max_kernel=2), native_rank=st.sampled_from((1, 2, 3)))
@@ -245,12 +245,15 @@ def test_module_agrees_with_the_reference(dims: int) -> None:
 @example(case=FEATURED[0])
 @example(case=FEATURED[1])
 @given(case=cases(st.integers(1, 5)))
-def test_adjoint_identity(case: Case) -> None:
+def test_adjoint_identity(case: Case, device: torch.device) -> None:
     """<conv(x, w), y> == <x, conv_transpose(y, w)>, output_padding chosen so conv_transpose returns x's shape."""
-    _, w, _ = case.operands(torch.float64)  # (C, C_out / groups, *k): also a conv weight from C_out to C channels
+    _, w, _ = case.operands(
+        torch.float64, device
+    )  # (C, C_out / groups, *k): also a conv weight from C_out to C channels
     window = [d * (k - 1) + 1 for k, d in zip(case.kernel, case.dilation)]
     spatial = tuple(max(n, win - 2 * p) for n, win, p in zip(case.size, window, case.padding))  # conv output >= 1
-    x = torch.randn((*(() if case.batch is None else (case.batch,)), case.out_channels, *spatial), dtype=torch.float64)
+    leading = () if case.batch is None else (case.batch,)
+    x = torch.randn((*leading, case.out_channels, *spatial), dtype=torch.float64, device=device)
     y = convnd.conv(x, w, None, case.stride, case.padding, case.dilation, case.groups)
     y_dual = torch.randn_like(y)
     output_padding = tuple((n + 2 * p - win) % s for n, p, win, s in zip(spatial, case.padding, window, case.stride))
@@ -296,6 +299,14 @@ def test_a_tuple_kernel_decides_the_rank() -> None:
     assert torch.equal(m(x), ref(x))
     assert convnd.ConvTranspose3d(1, 1, (2, 2, 2, 2)).weight.shape == (1, 1, 2, 2, 2, 2)
     assert convnd.ConvTransposeNd(1, 1, 3, dims=4, stride=2).stride == (2, 2, 2, 2)
+
+
+def test_non_contiguous_operands() -> None:
+    x = torch.randn(1, 3, 4, 2, 3, 5).transpose(2, 5)  # (1, 3, 5, 2, 3, 4), not contiguous
+    w = torch.randn(2, 3, 2, 1, 2, 3).transpose(0, 1)  # (3, 2, 2, 1, 2, 3), not contiguous
+    kwargs = dict(stride=(2, 1, 1, 2), padding=(1, 0, 0, 1), output_padding=(1, 0, 0, 0))
+    expected = reference.conv_transpose(x, w, None, kwargs["stride"], kwargs["padding"], kwargs["output_padding"])
+    np.testing.assert_allclose(convnd.conv_transpose(x, w, **kwargs).numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_unbatched_matches_batched() -> None:
