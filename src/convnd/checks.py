@@ -87,8 +87,8 @@ def _check_spatial(spatial: tuple[int, ...], spec: ConvSpec) -> None:
         if any(o < 1 for o in out):
             fail(
                 "padding",
-                spec.padding,
-                f"small enough to leave an output, for input size {spatial}",
+                tuple(lo for lo, _ in spec.padding),
+                f"small enough to leave an output for input size {spatial}",
                 reason=f"the output size would be {out}",
             )
         return

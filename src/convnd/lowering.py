@@ -144,7 +144,9 @@ def _tapsum(
         counts = xs.shape[:n_outer]
         folded = xs.reshape((math.prod(counts) * batch, channels, *xs.shape[n_outer + 2 :]))
         ys = native(folded, weight[(slice(None), slice(None), *tap)], None, inner)
-        yp[tuple(dst for _, dst in windows)] += ys.reshape((*counts, batch, out_channels, *ys.shape[2:]))
+        # add_ on the view, not `+=`: Python's `yp[i] += v` also runs yp[i] = ..., a copy that autograd
+        # rejects once the indexed view is yp itself (a slice covering a whole dim)
+        yp[tuple(dst for _, dst in windows)].add_(ys.reshape((*counts, batch, out_channels, *ys.shape[2:])))
     if bias is not None:
         y = y + bias.reshape((out_channels,) + (1,) * spec.dims)
     return y

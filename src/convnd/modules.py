@@ -10,16 +10,19 @@ checkpoints load both ways and a seed gives the same weights.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import init
 
+from .checks import check_tensor
 from .errors import fail
 from .functional import run
 from .padding import torch_pad_order
-from .spec import ConvSpec, IntOrTuple, PaddingArg, as_int, make_spec, resolve_kernel
+from .spec import ConvSpec, IntOrTuple, PaddingArg, as_int, as_tuple, make_spec, resolve_kernel
 
 
 class _ConvBase(nn.Module):
@@ -276,36 +279,49 @@ class ConvTransposeNd(_ConvBase):
             padding_mode, device, dtype, dims,
         )  # fmt: skip
 
-    def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
+        """Run the transposed convolution; ``output_size`` picks the output_padding (as torch.nn).
+
+        Args:
+            input: (B, C_in, *spatial) or (C_in, *spatial).
+            output_size: the spatial output size, optionally preceded by the input's batch and
+                channel sizes (as torch.nn); overrides ``output_padding`` for this call. Each size
+                must lie between the output without output_padding and that plus
+                ``max(stride, dilation) - 1``.
+        """
         spec = self.spec
         if output_size is not None:
-            spec = self._spec_for_size(input, output_size, spec)
+            spec = spec_for_output_size(spec, input, output_size)
         return run(input, self.weight, self.bias, spec)
 
-    def _spec_for_size(self, input: torch.Tensor, output_size: Any, spec: ConvSpec) -> ConvSpec:
-        """The spec whose output_padding makes the output ``output_size`` (torch's rule)."""
-        n = spec.dims
-        size = tuple(int(s) for s in output_size)
-        if len(size) in (n + 1, n + 2):
-            size = size[-n:]
-        if len(size) != n:
-            fail("output_size", size, f"{n} spatial sizes (optionally preceded by batch and channel sizes)")
-        smallest = make_spec(
-            spec.kernel, spec.stride, tuple(lo for lo, _ in spec.padding), spec.dilation, spec.groups, transposed=True
-        ).output_size(tuple(input.shape[-n:]))
-        largest = tuple(lo + s - 1 for lo, s in zip(smallest, spec.stride))
-        if any(not lo <= s <= hi for s, lo, hi in zip(size, smallest, largest)):
-            fail(
-                "output_size",
-                size,
-                f"between {smallest} and {largest} in each spatial dim",
-                reason="reachable sizes for this input",
-            )
-        extra = tuple(s - lo for s, lo in zip(size, smallest))
-        return make_spec(
-            spec.kernel, spec.stride, tuple(lo for lo, _ in spec.padding), spec.dilation, spec.groups,
-            transposed=True, output_padding=extra,
-        )  # fmt: skip
+
+def spec_for_output_size(spec: ConvSpec, input: torch.Tensor, output_size: Any) -> ConvSpec:
+    """The transposed ``spec`` whose output_padding makes the output ``output_size``.
+
+    Args:
+        spec: a transposed convolution.
+        input: the input it will run on (its rank and spatial sizes are read).
+        output_size: N spatial sizes, or N + 2 (batched) / N + 1 (unbatched) with the input's
+            leading sizes in front, as torch.nn takes it. The range rule is
+            :meth:`ConvSpec.output_padding_for`.
+    """
+    n = spec.dims
+    if check_tensor("input", input).dim() not in (n + 1, n + 2):
+        return spec  # run() reports the input's rank
+    leading = input.dim() - n
+    size = tuple(output_size) if isinstance(output_size, Sequence) else output_size
+    if isinstance(size, tuple) and len(size) == n + leading:
+        size = size[leading:]
+    if not isinstance(size, tuple) or len(size) != n:
+        fail(
+            "output_size",
+            size,
+            f"a sequence of {n} spatial sizes, or {n + leading} with the input's leading sizes in front",
+            reason=f"the input has {input.dim()} dims",
+            kind="type" if not isinstance(size, tuple) else "value",
+        )
+    size = as_tuple("output_size", size, n, minimum=1)
+    return replace(spec, output_padding=spec.output_padding_for(input.shape[-n:], size))
 
 
 class ConvTranspose1d(ConvTransposeNd):

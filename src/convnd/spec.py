@@ -87,6 +87,26 @@ class ConvSpec:
             (n + lo + hi - w) // s + 1 for n, s, (lo, hi), w in zip(input_size, self.stride, self.padding, self.window)
         )
 
+    def output_padding_for(self, input_size: Sequence[int], output_size: Sequence[int]) -> tuple[int, ...]:
+        """Transposed: the output_padding that makes the output ``output_size`` (a module's ``output_size=``).
+
+        Per dim the reachable sizes run from the output with no output_padding to that plus
+        ``max(stride, dilation) - 1``: exactly the sizes a valid output_padding gives. torch.nn's
+        ``_output_padding`` stops at ``stride - 1``; the two agree unless dilation > stride, where
+        convnd also accepts the larger sizes ``F.conv_transpose`` itself can produce.
+        """
+        smallest = replace(self, output_padding=(0,) * self.dims).output_size(input_size)
+        largest = tuple(lo + max(s, d) - 1 for lo, s, d in zip(smallest, self.stride, self.dilation))
+        size = tuple(output_size)
+        if any(not lo <= n <= hi for n, lo, hi in zip(size, smallest, largest)):
+            fail(
+                "output_size",
+                size,
+                f"between {smallest} and {largest} in each spatial dim",
+                reason=f"the sizes reachable from input size {tuple(input_size)}",
+            )
+        return tuple(n - lo for n, lo in zip(size, smallest))
+
     def receptive_field(self) -> tuple[int, ...]:
         """How many input elements one output element depends on, per dim (the dilated window)."""
         return self.window
@@ -200,6 +220,14 @@ def resolve_padding(
         totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
         return tuple((t // 2, t - t // 2) for t in totals), "same"
     if transposed:
+        if isinstance(padding, Sequence) and any(isinstance(e, Sequence) for e in padding):
+            fail(
+                "padding",
+                _plain(padding),
+                expected,
+                reason="a transposed convolution crops its output symmetrically: no (low, high) pairs",
+                kind="type",
+            )
         symmetric = as_tuple("padding", padding, dims, minimum=0)
         return tuple((p, p) for p in symmetric), symmetric
     if not isinstance(padding, Sequence):
