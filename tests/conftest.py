@@ -10,6 +10,10 @@ import pytest
 import torch
 from hypothesis import settings
 
+# one intra-op thread per process: pytest -n 2 already uses both cores, and oversubscribed
+# threads made the float64 gradchecks ten times slower on the 2-core CI machine
+torch.set_num_threads(1)
+
 settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True)
 settings.load_profile("ci")
 
