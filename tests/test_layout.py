@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.profiler import ProfilerActivity, profile
 
 import convnd
@@ -331,3 +333,28 @@ def test_describe_names_the_axes():
     )
     assert resolve_layout(4, 2).describe() == "input (B, C, S0, S1): torch's layout, passed to the kernels unchanged"
     assert resolve_layout(3, 2).describe() == "input (C, S0, S1): torch's layout, passed to the kernels unchanged"
+
+
+@settings(max_examples=40)
+@given(data=st.data())
+def test_random_layouts_match_the_reference(data):
+    """Any placement of channel, spatial (in any order) and 0-2 batch axes, N = 1..4."""
+    n = data.draw(st.integers(1, 4), label="N")
+    n_batch = data.draw(st.integers(0, 2), label="batch axes")
+    ndim = n + 1 + n_batch
+    order = data.draw(st.permutations(range(ndim)), label="axes")
+    channel, spatial = order[0], tuple(order[1 : 1 + n])
+    negative = data.draw(st.booleans(), label="negative axes")
+    channel_dim = channel - ndim if negative else channel
+    spatial_dims = tuple(a - ndim for a in spatial) if negative else spatial
+    sizes = data.draw(st.lists(st.integers(2, 4), min_size=n, max_size=n), label="spatial sizes")
+    shape = [2] * ndim
+    shape[channel] = 3
+    for axis, size in zip(spatial, sizes):
+        shape[axis] = size
+    x = torch.randn(shape, dtype=torch.float64)
+    w = torch.randn(2, 3, *(2,) * n, dtype=torch.float64)
+    y = convnd.conv(x, w, padding=1, channel_dim=channel_dim, spatial_dims=spatial_dims)
+    xc, batch_shape = reference.to_canonical(x, channel, spatial)
+    expected = reference.from_canonical(reference.conv(xc, w, padding=[(1, 1)] * n), batch_shape, channel, spatial)
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-10, atol=1e-10)

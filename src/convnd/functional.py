@@ -136,12 +136,7 @@ def conv_transpose(
         bias: (C_out,) or None.
         stride, padding, dilation, groups: those of the convolution this is the adjoint of.
         output_padding: extra size on the high side, below max(stride, dilation) per dim.
-        channel_dim: the input's channel axis (negative counts from the end).
-        spatial_dims: the input's N spatial axes, in the order of the kernel's dims; default:
-            the N trailing axes other than ``channel_dim``. Every other axis is a batch axis
-            (none, one or several). With both defaults the layout is torch's.
-        convolution: True for true (mathematical) convolution: the kernel is flipped over its
-            spatial dims; the stored weight is not touched.
+        channel_dim, spatial_dims, convolution: as :func:`conv`; the output keeps the input's layout.
 
     Shape:
         out[i] = (L[i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (kernel[i] - 1)

@@ -8,11 +8,14 @@ result back, so the output keeps the input's axis positions.
 
 Copies: moving axes is a ``permute`` (a view, no copy). Several batch axes are
 flattened into one by a view when their strides allow it; otherwise that flatten
-is the one copy of the input (a copy into contiguous (B, C, *spatial) order, so the
-native kernel needs no further copy of its own). A permuted view whose memory is
+is the one copy of the input (into contiguous (B, C, *spatial) order, so a native
+N <= 3 kernel needs no copy of its own). A permuted view whose memory is
 channels-last (e.g. a (B, H, W, C) input) is torch's ``channels_last`` memory format,
-which the native 2-d/3-d kernels read directly, so such inputs are never copied
-for N <= 3. Moving the result back is a view too.
+which the native 2-d/3-d kernels read directly: no copy at all. Other strided views
+are copied once, by the native kernel itself. Moving the result back is a view too.
+Past N = 3 the planner's own strategies copy what they copy for torch's layout too;
+the layout adds nothing unless the batch axes cannot merge (see tests/test_layout.py,
+which measures this with torch's memory profiler).
 
 With the default keywords (``channel_dim=1, spatial_dims=None``) the layout is
 torch's own, (B, C, *spatial) or unbatched (C, *spatial), and the tensors pass
