@@ -282,6 +282,7 @@ def test_bad_axes_say_what_was_wrong(keywords, message):
 
 TYPE_ERRORS = [
     ({"channel_dim": 1.5}, "channel_dim must be an int axis, got 1.5"),
+    ({"channel_dim": True}, "channel_dim must be an int axis, got True"),
     (
         {"spatial_dims": "hw"},
         "spatial_dims must be a tuple of 2 distinct axes of the input (one per spatial dim of the kernel), or None, "

@@ -139,20 +139,14 @@ def resolve_layout(ndim: int, dims: int, channel_dim: Any = DEFAULT_CHANNEL_DIM,
         >>> resolve_layout(6, 4, channel_dim=-1).spatial
         (1, 2, 3, 4)
     """
-    if isinstance(spatial_dims, (list, tuple)):
-        spatial_dims = tuple(spatial_dims)
-    try:
-        hash(spatial_dims)
-        hash(channel_dim)
-    except TypeError:
-        return _resolve(ndim, dims, channel_dim, spatial_dims)
-    return _cached_resolve(ndim, dims, channel_dim, spatial_dims)
+    channel_dim, spatial_dims = check_keywords(dims, channel_dim, spatial_dims)  # plain ints: safe cache keys
+    return _resolve(ndim, dims, channel_dim, spatial_dims)
 
 
-def _resolve(ndim: int, dims: int, channel_dim: Any, spatial_dims: Any) -> Layout:
-    if _is_default(channel_dim, spatial_dims):
+@functools.lru_cache(maxsize=256)
+def _resolve(ndim: int, dims: int, channel_dim: int, spatial_dims: tuple[int, ...] | None) -> Layout:
+    if channel_dim == DEFAULT_CHANNEL_DIM and spatial_dims is None:
         return _torch_layout(ndim, dims)
-    channel_dim, spatial_dims = check_keywords(dims, channel_dim, spatial_dims)
     channel = _axis("channel_dim", channel_dim, channel_dim, ndim)
     if spatial_dims is None:
         spatial = tuple(a for a in range(ndim) if a != channel)[-dims:] if ndim > dims else ()
@@ -182,18 +176,6 @@ def _resolve(ndim: int, dims: int, channel_dim: Any, spatial_dims: Any) -> Layou
                 reason=f"axis {axis} is also channel_dim={channel_dim}",
             )
     return _layout(ndim, channel, spatial)
-
-
-_cached_resolve = functools.lru_cache(maxsize=256)(_resolve)
-
-
-def _is_default(channel_dim: Any, spatial_dims: Any) -> bool:
-    return (
-        spatial_dims is None
-        and not isinstance(channel_dim, bool)
-        and hasattr(channel_dim, "__index__")
-        and operator.index(channel_dim) == DEFAULT_CHANNEL_DIM
-    )
 
 
 def _torch_layout(ndim: int, dims: int) -> Layout:
