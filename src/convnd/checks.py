@@ -58,7 +58,12 @@ def check_operands(input: Any, weight: Any, bias: Any, spec: ConvSpec) -> bool:
 
 def _check_same_kind(input: torch.Tensor, other: torch.Tensor, name: str) -> None:
     if other.dtype != input.dtype:
-        fail(name, other, f"of the input's dtype {input.dtype}", reason="convnd does not mix dtypes")
+        reason = "convnd does not mix dtypes"
+        if other.is_complex() != input.is_complex():
+            # torch's kernels reject real x complex too; converting the real side keeps every value
+            real, target = ("input", other.dtype) if other.is_complex() else (name, input.dtype)
+            reason = f"torch's convolutions do not mix real and complex; convert with {real}.to({target})"
+        fail(name, other, f"of the input's dtype {input.dtype}", reason=reason)
     if other.device != input.device:
         fail(name, other, f"on the input's device {input.device}", reason=f"it is on {other.device}")
 

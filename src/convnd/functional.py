@@ -7,26 +7,51 @@ is a single call of torch's own kernel with the user's arguments.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from .checks import check_operands, check_tensor
 from .errors import fail
+from .layout import DEFAULT_CHANNEL_DIM, resolve_layout
 from .lowering import execute, plan
 from .spec import ConvSpec, IntOrTuple, PaddingArg, make_spec
 
 
-def run(input: Any, weight: Any, bias: Any, spec: ConvSpec, *, native_rank: int | None = None) -> torch.Tensor:
+def run(
+    input: Any,
+    weight: Any,
+    bias: Any,
+    spec: ConvSpec,
+    *,
+    native_rank: int | None = None,
+    channel_dim: int = DEFAULT_CHANNEL_DIM,
+    spatial_dims: Sequence[int] | None = None,
+    convolution: bool = False,
+) -> torch.Tensor:
     """Check operands against ``spec`` and run it; the one path every convnd client takes.
 
     Args:
         input, weight, bias: the operands (see :func:`conv`).
         spec: the validated convolution.
         native_rank: force the rank of the native kernels (used by ``emulate``).
+        channel_dim, spatial_dims: where the input's axes are (see :mod:`convnd.layout`); the
+            input moves to (B, C, *spatial) by a view and the result moves back.
+        convolution: flip the kernel over its spatial dims (true convolution); the flip is
+            part of the autograd graph and leaves ``weight`` itself untouched.
     """
-    check_operands(input, weight, bias, spec)
-    return execute(input, weight, bias, spec, plan(spec, native_rank))
+    input = check_tensor("input", input)
+    layout = resolve_layout(input.dim(), spec.dims, channel_dim, spatial_dims)
+    if not isinstance(convolution, bool):
+        fail("convolution", convolution, "True or False", kind="type")
+    if convolution:
+        weight = check_tensor("weight", weight)
+        weight = weight.flip(tuple(range(2, weight.dim())))
+    x = layout.to_canonical(input)
+    check_operands(x, weight, bias, spec)
+    y = execute(x, weight, bias, spec, plan(spec, native_rank))
+    return layout.from_canonical(y, input.shape)
 
 
 def kernel_of(weight: Any) -> tuple[int, ...]:
@@ -48,6 +73,10 @@ def conv(
     dilation: IntOrTuple = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
+    *,
+    channel_dim: int = DEFAULT_CHANNEL_DIM,
+    spatial_dims: Sequence[int] | None = None,
+    convolution: bool = False,
 ) -> torch.Tensor:
     """N-d convolution (cross-correlation) where N is the weight's number of spatial dims.
 
@@ -60,19 +89,29 @@ def conv(
         dilation: an int or N ints.
         groups: splits the channels into this many independent convolutions.
         padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'`` or ``'circular'``, for any N.
+        channel_dim: the input's channel axis (negative counts from the end).
+        spatial_dims: the input's N spatial axes, in the order of the kernel's dims; default:
+            the N trailing axes other than ``channel_dim``. Every other axis is a batch axis
+            (none, one or several). With both defaults the layout is torch's.
+        convolution: True for true (mathematical) convolution: the kernel is flipped over its
+            spatial dims; the stored weight is not touched.
 
     Shape:
         out[i] = floor((L[i] + low[i] + high[i] - dilation[i] * (kernel[i] - 1) - 1) / stride[i]) + 1
-        per spatial dim; output (B, C_out, *out) or (C_out, *out).
+        per spatial dim; output (B, C_out, *out) or (C_out, *out), or in the input's own layout
+        (same axis positions) when channel_dim/spatial_dims are given. Complex input and weight
+        (same dtype) work for any N.
 
     Example:
         >>> x = torch.randn(2, 3, 5, 6, 7, 8)
         >>> w = torch.randn(4, 3, 3, 3, 3, 3)
         >>> conv(x, w, padding=1).shape
         torch.Size([2, 4, 5, 6, 7, 8])
+        >>> conv(x.movedim(1, -1), w, padding=1, channel_dim=-1).shape  # (B, U, V, S, T, C)
+        torch.Size([2, 5, 6, 7, 8, 4])
     """
     spec = make_spec(kernel_of(weight), stride, padding, dilation, groups, padding_mode)
-    return run(input, weight, bias, spec)
+    return run(input, weight, bias, spec, channel_dim=channel_dim, spatial_dims=spatial_dims, convolution=convolution)
 
 
 def conv_transpose(
@@ -84,6 +123,10 @@ def conv_transpose(
     output_padding: IntOrTuple = 0,
     groups: int = 1,
     dilation: IntOrTuple = 1,
+    *,
+    channel_dim: int = DEFAULT_CHANNEL_DIM,
+    spatial_dims: Sequence[int] | None = None,
+    convolution: bool = False,
 ) -> torch.Tensor:
     """N-d transposed convolution: the adjoint of :func:`conv` with the same arguments.
 
@@ -93,6 +136,7 @@ def conv_transpose(
         bias: (C_out,) or None.
         stride, padding, dilation, groups: those of the convolution this is the adjoint of.
         output_padding: extra size on the high side, below max(stride, dilation) per dim.
+        channel_dim, spatial_dims, convolution: as :func:`conv`; the output keeps the input's layout.
 
     Shape:
         out[i] = (L[i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (kernel[i] - 1)
@@ -107,4 +151,4 @@ def conv_transpose(
     spec = make_spec(
         kernel_of(weight), stride, padding, dilation, groups, transposed=True, output_padding=output_padding
     )
-    return run(input, weight, bias, spec)
+    return run(input, weight, bias, spec, channel_dim=channel_dim, spatial_dims=spatial_dims, convolution=convolution)

@@ -21,6 +21,7 @@ from torch.nn import init
 from .checks import check_tensor
 from .errors import fail
 from .functional import run
+from .layout import DEFAULT_CHANNEL_DIM, check_keywords, resolve_layout
 from .padding import torch_pad_order
 from .spec import ConvSpec, IntOrTuple, PaddingArg, as_int, as_tuple, make_spec, resolve_kernel
 
@@ -29,6 +30,10 @@ class _ConvBase(nn.Module):
     """Shared state and behaviour of every convnd convolution module (see module docstring)."""
 
     _rank: int | None = None  # the rank an int kernel_size means; None: ask for dims=
+    # layout keywords: plain attributes (never in state_dict); class defaults let older pickles load
+    channel_dim: int = DEFAULT_CHANNEL_DIM
+    spatial_dims: tuple[int, ...] | None = None
+    convolution: bool = False
     __constants__ = (
         "stride", "padding", "dilation", "groups", "padding_mode", "output_padding",
         "in_channels", "out_channels", "kernel_size",
@@ -50,9 +55,17 @@ class _ConvBase(nn.Module):
         device: Any = None,
         dtype: Any = None,
         dims: int | None = None,
+        *,
+        channel_dim: int = DEFAULT_CHANNEL_DIM,
+        spatial_dims: Any = None,
+        convolution: bool = False,
     ) -> None:
         super().__init__()
         kernel = resolve_kernel(kernel_size, self._rank, dims)
+        self.channel_dim, self.spatial_dims = check_keywords(len(kernel), channel_dim, spatial_dims)
+        if not isinstance(convolution, bool):
+            fail("convolution", convolution, "True or False", kind="type")
+        self.convolution = convolution
         spec = make_spec(
             kernel,
             stride,
@@ -132,7 +145,18 @@ class _ConvBase(nn.Module):
             s += ", bias=False"
         if self.padding_mode != "zeros":
             s += ", padding_mode={padding_mode}"
-        return s.format(**self.__dict__)
+        if self.channel_dim != DEFAULT_CHANNEL_DIM:
+            s += ", channel_dim={channel_dim}"
+        if self.spatial_dims is not None:
+            s += ", spatial_dims={spatial_dims}"
+        if self.convolution:
+            s += ", convolution=True"
+        return s.format(**{**self.__dict__, **self._layout_keywords()})
+
+    def _layout_keywords(self, *, with_flip: bool = True) -> dict[str, Any]:
+        """The keywords that say where the input's axes are (and whether the kernel is flipped)."""
+        keywords = {"channel_dim": self.channel_dim, "spatial_dims": self.spatial_dims}
+        return {**keywords, "convolution": self.convolution} if with_flip else keywords
 
 
 def _padding_attribute(padding: PaddingArg, spec: ConvSpec) -> str | tuple[Any, ...]:
@@ -188,14 +212,17 @@ class ConvNd(_ConvBase):
         dtype: Any = None,
         *,
         dims: int | None = None,
+        channel_dim: int = DEFAULT_CHANNEL_DIM,
+        spatial_dims: Any = None,
+        convolution: bool = False,
     ) -> None:
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, False, 0, groups, bias, padding_mode,
-            device, dtype, dims,
+            device, dtype, dims, channel_dim=channel_dim, spatial_dims=spatial_dims, convolution=convolution,
         )  # fmt: skip
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return run(input, self.weight, self.bias, self.spec)
+        return run(input, self.weight, self.bias, self.spec, **self._layout_keywords())
 
 
 class Conv1d(ConvNd):
@@ -216,10 +243,15 @@ class Conv1d(ConvNd):
         padding_mode: str = "zeros",
         device: Any = None,
         dtype: Any = None,
+        *,
+        channel_dim: int = DEFAULT_CHANNEL_DIM,
+        spatial_dims: Any = None,
+        convolution: bool = False,
     ) -> None:
         super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype
-        )
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device,
+            dtype, channel_dim=channel_dim, spatial_dims=spatial_dims, convolution=convolution,
+        )  # fmt: skip
 
 
 class Conv2d(Conv1d):
@@ -273,10 +305,14 @@ class ConvTransposeNd(_ConvBase):
         dtype: Any = None,
         *,
         dims: int | None = None,
+        channel_dim: int = DEFAULT_CHANNEL_DIM,
+        spatial_dims: Any = None,
+        convolution: bool = False,
     ) -> None:
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, True, output_padding, groups, bias,
-            padding_mode, device, dtype, dims,
+            padding_mode, device, dtype, dims, channel_dim=channel_dim, spatial_dims=spatial_dims,
+            convolution=convolution,
         )  # fmt: skip
 
     def forward(self, input: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
@@ -291,37 +327,46 @@ class ConvTransposeNd(_ConvBase):
         """
         spec = self.spec
         if output_size is not None:
-            spec = spec_for_output_size(spec, input, output_size)
-        return run(input, self.weight, self.bias, spec)
+            spec = spec_for_output_size(spec, input, output_size, **self._layout_keywords(with_flip=False))
+        return run(input, self.weight, self.bias, spec, **self._layout_keywords())
 
 
-def spec_for_output_size(spec: ConvSpec, input: torch.Tensor, output_size: Any) -> ConvSpec:
+def spec_for_output_size(
+    spec: ConvSpec,
+    input: torch.Tensor,
+    output_size: Any,
+    *,
+    channel_dim: int = DEFAULT_CHANNEL_DIM,
+    spatial_dims: Sequence[int] | None = None,
+) -> ConvSpec:
     """The transposed ``spec`` whose output_padding makes the output ``output_size``.
 
     Args:
         spec: a transposed convolution.
         input: the input it will run on (its rank and spatial sizes are read).
-        output_size: N spatial sizes, or N + 2 (batched) / N + 1 (unbatched) with the input's
-            leading sizes in front, as torch.nn takes it. The range rule is
-            :meth:`ConvSpec.output_padding_for`.
+        output_size: N spatial sizes (in kernel order), or a whole output shape: N + 2 (batched) /
+            N + 1 (unbatched) sizes as torch.nn takes it, or input.dim() sizes in the input's own
+            layout. The range rule is :meth:`ConvSpec.output_padding_for`.
+        channel_dim, spatial_dims: the input's layout (see :mod:`convnd.layout`).
     """
     n = spec.dims
-    if check_tensor("input", input).dim() not in (n + 1, n + 2):
+    layout = resolve_layout(check_tensor("input", input).dim(), n, channel_dim, spatial_dims)
+    if layout.torch_layout and input.dim() not in (n + 1, n + 2):
         return spec  # run() reports the input's rank
-    leading = input.dim() - n
     size = tuple(output_size) if isinstance(output_size, Sequence) else output_size
-    if isinstance(size, tuple) and len(size) == n + leading:
-        size = size[leading:]
+    if isinstance(size, tuple) and len(size) == input.dim():
+        size = layout.spatial_size(size)  # a whole output shape; its spatial axes are where the input's are
     if not isinstance(size, tuple) or len(size) != n:
+        whole = "with the input's leading sizes in front" if layout.torch_layout else "in the input's layout"
         fail(
             "output_size",
             size,
-            f"a sequence of {n} spatial sizes, or {n + leading} with the input's leading sizes in front",
+            f"a sequence of {n} spatial sizes, or {input.dim()} {whole}",
             reason=f"the input has {input.dim()} dims",
             kind="type" if not isinstance(size, tuple) else "value",
         )
     size = as_tuple("output_size", size, n, minimum=1)
-    return replace(spec, output_padding=spec.output_padding_for(input.shape[-n:], size))
+    return replace(spec, output_padding=spec.output_padding_for(layout.spatial_size(input.shape), size))
 
 
 class ConvTranspose1d(ConvTransposeNd):
@@ -343,10 +388,14 @@ class ConvTranspose1d(ConvTransposeNd):
         padding_mode: str = "zeros",
         device: Any = None,
         dtype: Any = None,
+        *,
+        channel_dim: int = DEFAULT_CHANNEL_DIM,
+        spatial_dims: Any = None,
+        convolution: bool = False,
     ) -> None:
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, bias, dilation,
-            padding_mode, device, dtype,
+            padding_mode, device, dtype, channel_dim=channel_dim, spatial_dims=spatial_dims, convolution=convolution,
         )  # fmt: skip
 
 

@@ -3,7 +3,11 @@
 Deliberately simple and independent of torch's convolutions: the forward pass is
 a strided window view contracted with the kernel by einsum; the transposed pass
 is its definition as a scatter, one kernel tap at a time. Complex inputs are
-computed in complex128.
+computed in complex128 (products are plain, never conjugated, as in torch).
+
+Layouts and true convolution are separate small helpers, so each stays obviously
+correct: :func:`to_canonical` / :func:`from_canonical` move axes with NumPy's
+``transpose`` and :func:`flip_kernel` flips with ``np.flip``.
 """
 
 from __future__ import annotations
@@ -110,3 +114,35 @@ def conv_transpose(
     if b is not None:
         y = y + _as_array(b).reshape(-1, *(1,) * n)
     return y
+
+
+def to_canonical(x: object, channel_dim: int, spatial_dims: Sequence[int]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """An input of any layout as (B, C, *S) plus the sizes of its batch axes (in axis order).
+
+    Args:
+        channel_dim: the channel axis; spatial_dims: the spatial axes, in kernel order
+            (negative axes count from the end). Every other axis is a batch axis.
+    """
+    x = _as_array(x)
+    channel, spatial = channel_dim % x.ndim, [a % x.ndim for a in spatial_dims]
+    batch = [a for a in range(x.ndim) if a != channel and a not in spatial]
+    moved = np.transpose(x, [*batch, channel, *spatial])
+    batch_shape = moved.shape[: len(batch)]
+    return moved.reshape(-1, *moved.shape[len(batch) :]), batch_shape
+
+
+def from_canonical(
+    y: np.ndarray, batch_shape: Sequence[int], channel_dim: int, spatial_dims: Sequence[int]
+) -> np.ndarray:
+    """A (B, C, *S) result moved back to the layout :func:`to_canonical` took it from."""
+    ndim = len(batch_shape) + 1 + len(spatial_dims)
+    channel, spatial = channel_dim % ndim, [a % ndim for a in spatial_dims]
+    batch = [a for a in range(ndim) if a != channel and a not in spatial]
+    y = y.reshape(*batch_shape, *y.shape[1:])
+    return np.transpose(y, np.argsort([*batch, channel, *spatial]))
+
+
+def flip_kernel(w: object) -> np.ndarray:
+    """The weight flipped over its spatial dims: true convolution from cross-correlation."""
+    w = _as_array(w)
+    return np.flip(w, axis=tuple(range(2, w.ndim)))
