@@ -132,12 +132,8 @@ def explain(layer: Any, input_shape: Any) -> Explanation:
         ConvndError: a SPEC that is not a literal call of a convolution class, bad arguments, or an
             input whose rank, channels or size the layer cannot take (the message says which).
     """
-    text = parse_layer(layer) if isinstance(layer, str) else from_module(layer)
-    shape = parse_shape(input_shape) if isinstance(input_shape, str) else parse_shape(",".join(map(str, input_shape)))
-    arguments = text.arguments()
-    module = text.build()
-    spec = module.spec
-    batched = check_operands(torch.empty(shape, device="meta"), module.weight, module.bias, spec)
+    text, module, shape, batched = layer_and_input(layer, input_shape)
+    arguments, spec = text.arguments(), module.spec
     spatial = shape[-spec.dims :]
     out_spatial = spec.output_size(spatial)
     output_shape = (*shape[: -spec.dims - 1], module.out_channels, *out_spatial)
@@ -171,6 +167,19 @@ def explain(layer: Any, input_shape: Any) -> Explanation:
         torch_nn=_torch_verdict(text, spec, shape, output_shape, macs),
         other_ranks=tuple(recipe for r, recipe in recipes.items() if r not in (chosen, spec.dims)),
     )
+
+
+def layer_and_input(layer: Any, input_shape: Any) -> tuple[LayerText, Any, tuple[int, ...], bool]:
+    """Parse and check a layer and an input shape: (text, convnd module on meta, shape, batched).
+
+    The one entry of ``explain`` and ``animate``: the module is convnd's own class, and the input is
+    judged by :func:`convnd.checks.check_operands`, so errors are convnd's one-line messages.
+    """
+    text = parse_layer(layer) if isinstance(layer, str) else from_module(layer)
+    shape = parse_shape(input_shape if isinstance(input_shape, str) else ",".join(map(str, input_shape)))
+    module = text.build()
+    batched = check_operands(torch.empty(shape, device="meta"), module.weight, module.bias, module.spec)
+    return text, module, shape, batched
 
 
 # --- the parts ------------------------------------------------------------------------------
