@@ -87,7 +87,7 @@ def test_seed_question():
     assert e.convnd_plan.strategy == "direct"
     assert not e.torch_nn.ran
     assert "Expected 2D (unbatched) or 3D (batched) input to conv1d" in e.torch_nn.error
-    assert "Conv1d reads its rank from its name" in e.torch_nn.reason
+    assert "Conv1d takes its rank from its name" in e.torch_nn.reason
     text = str(e)
     assert "A 2-d convolution: kernel_size=(1, 1) has 2 entries" in text
     assert "(5 + 0 + 0 - 1) // 1 + 1 = 5" in text
@@ -108,7 +108,7 @@ def test_torch_runs_the_same_layer_bit_identically():
     [
         ("ConvNd(1, 1, (3, 3, 3, 3))", (1, 1, 4, 4, 4, 4), "torch.nn has Conv1d, Conv2d and Conv3d only"),
         ("Conv2d(1, 1, 3, padding=((1, 2), (0, 0)))", (1, 1, 5, 5), "(low, high) padding pairs are convnd's"),
-        ("Conv2d(1, 1, (3,))", (1, 1, 5), "Conv2d reads its rank from its name"),
+        ("Conv2d(1, 1, (3,))", (1, 1, 5), "Conv2d takes its rank from its name"),
     ],
 )
 def test_torch_refusals_are_explained(spec, shape, said):

@@ -256,8 +256,8 @@ def _recipe(spec: ConvSpec, rank: int, module: Any, shape: tuple[int, ...]) -> R
         steps = (
             f"x = x{lift * extra}  # {shape} -> {(*shape[: -spec.dims], *(1,) * extra, *shape[-spec.dims :])}",
             *pad,
-            f"y = {_layer_call(lifted, *channels)}(x)  # weight{lift * extra}",
-            f"y = y{f'.squeeze({-spec.dims - 1})' * extra}",
+            f"conv = {_layer_call(lifted, *channels)}  # weight{lift * extra}",
+            f"y = conv(x){f'.squeeze({-spec.dims - 1})' * extra}",
         )
         ones = _plural(extra, "extra size-1 dim")
         summary = f"one native {rank}-d call over {ones} in front (kernel 1, stride 1, padding 0 there)"
@@ -287,10 +287,12 @@ def _tapsum_recipe(spec: ConvSpec, rank: int, channels: tuple[int, int], shape: 
             live.append((tap, windows))
     taps, lead = math.prod(outer.kernel), ":, " * (len(shape) - spec.dims)
     skipped = f" ({taps - len(live)} read only padding: skipped)" if taps > len(live) else ""
+    outer_dims = tuple(range(n_outer))
     steps += [
         f"y = zeros({(*shape[: -spec.dims - 1], channels[1], *out_sizes)})",
-        f"for t in the {taps} taps of kernel {outer.kernel} over dim(s) {tuple(range(n_outer))}{skipped}:",
-        f"    y[{lead}out_t] += {_layer_call(inner, *channels)}(fold(x[{lead}in_t]))  # weight[:, :, *t]",
+        f"conv_t = {_layer_call(inner, *channels)}  # weight[:, :, *t]",
+        f"for each of the {_plural(taps, 'tap')} t of kernel {outer.kernel} over dims {outer_dims}{skipped}:",
+        f"    y[{lead}out_t] += conv_t(fold(x[{lead}in_t]))",
     ]
     for tap, windows in live[:_TAPS_SHOWN]:
         src = ", ".join(_slice_text(w[0]) for w in windows)
@@ -367,9 +369,10 @@ def _why_torch_fails(text: LayerText, spec: ConvSpec, name: str) -> str:
     rank = int(name[-2])
     if rank != spec.dims:
         return (
-            f"{name} reads its rank from its name ({rank}-d: inputs of {rank + 1} or {rank + 2} dims, int stride/"
-            f"padding/dilation broadcast to {rank} values) but the weight's from kernel_size ({spec.dims}-d); "
-            f"torch 2.x refuses the mix. convnd lets the kernel decide: a {spec.dims}-d convolution"
+            f"{name} takes its rank from its name ({rank}-d: an input of {rank + 1} or {rank + 2} dims, "
+            f"{_plural(rank, 'value')} per int stride/padding/dilation) while its weight takes the rank of "
+            f"kernel_size ({spec.dims}-d); torch 2.x refuses the mix. convnd lets the kernel decide: "
+            f"a {spec.dims}-d convolution"
         )
     if not spec.symmetric:
         return "torch.nn pads both sides of a dim equally; (low, high) padding pairs are convnd's"
