@@ -431,6 +431,7 @@ class _Canvas:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``convnd animate SPEC --input SHAPE --output FILE.gif|FILE.png [--max-frames N]``."""
     parser.add_argument("spec", metavar="SPEC", help="the layer as you write it, e.g. 'nn.Conv2d(1, 1, 3, stride=2)'")
     parser.add_argument("--input", required=True, metavar="SHAPE", help="input shape, e.g. 1,1,7,7")
     parser.add_argument(
@@ -442,6 +443,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    """Write the file and say where."""
     path = animate(args.spec, args.input, args.output, max_frames=args.max_frames)
     print(f"wrote {path}")
     return 0
