@@ -12,6 +12,7 @@ import convnd
 from convnd import lowering
 from convnd.errors import ConvndError, ConvndValueError
 from convnd.layer_text import parse_layer
+from convnd.layout import resolve_layout
 
 SEED = "nn.Conv1d(4, 4, kernel_size=(1, 1))"
 
@@ -29,6 +30,10 @@ CASES = [
     ("nn.ConvTranspose1d(4, 6, 3, stride=3, dilation=2, groups=2)", (4, 7)),
     ("ConvTransposeNd(2, 2, (2, 3, 2, 2), stride=(2, 1, 2, 3), padding=(1, 0, 0, 1), output_padding=(1, 0, 1, 2))",
      (1, 2, 3, 2, 3, 2)),
+    # layouts: the channel axis elsewhere, batch axes anywhere, the kernel flipped
+    ("ConvNd(2, 3, (3, 3, 3, 3), padding=1, channel_dim=-1)", (2, 4, 3, 5, 4, 2)),
+    ("Conv2d(3, 4, 3, stride=2, spatial_dims=(1, 2), channel_dim=3)", (2, 7, 8, 3)),
+    ("ConvTranspose1d(2, 2, 3, stride=2, channel_dim=-1, convolution=True)", (4, 5, 2)),
 ]  # fmt: skip
 
 
@@ -43,7 +48,8 @@ def test_output_shape_and_counts_are_convnds_own(spec, shape):
     e = convnd.explain(spec, shape)
     module, y = _run(spec, shape)
     assert e.output_shape == tuple(y.shape)
-    assert tuple(r.output for r in e.rows) == tuple(y.shape[-e.dims :])
+    layout = resolve_layout(len(shape), module.dims, module.channel_dim, module.spatial_dims)
+    assert tuple(r.output for r in e.rows) == layout.spatial_size(y.shape)
     assert e.dims == module.dims == len(e.rows)
     assert e.parameters == sum(p.numel() for p in module.parameters())
     assert e.receptive_field == tuple(d * (k - 1) + 1 for k, d in zip(module.kernel_size, module.dilation))
@@ -109,6 +115,7 @@ def test_torch_runs_the_same_layer_bit_identically():
         ("ConvNd(1, 1, (3, 3, 3, 3))", (1, 1, 4, 4, 4, 4), "torch.nn has Conv1d, Conv2d and Conv3d only"),
         ("Conv2d(1, 1, 3, padding=((1, 2), (0, 0)))", (1, 1, 5, 5), "(low, high) padding pairs are convnd's"),
         ("Conv2d(1, 1, (3,))", (1, 1, 5), "Conv2d takes its rank from its name"),
+        ("Conv2d(3, 1, 3, channel_dim=-1)", (1, 5, 5, 3), "channel_dim: convnd's own"),
     ],
 )
 def test_torch_refusals_are_explained(spec, shape, said):

@@ -102,12 +102,15 @@ def test_build_makes_convnd_module_on_meta_and_arguments_fill_defaults():
         torch.nn.ConvTranspose1d(4, 2, 3, stride=2, output_padding=1, groups=2),
         convnd.ConvNd(2, 4, (3, 3, 3, 3), padding=((1, 0), 1, 1, 1), padding_mode="circular"),
         convnd.Conv1d(4, 4, kernel_size=(1, 1)),
+        convnd.ConvNd(3, 2, (3, 3), channel_dim=-1, spatial_dims=(1, 2), convolution=True),
     ],
 )
 def test_from_module_rebuilds_the_same_layer(module):
     rebuilt = from_module(module).build()
     names = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
     names += ("padding_mode", "transposed", "output_padding")
+    if isinstance(module, convnd.ConvNd):
+        names += ("channel_dim", "spatial_dims", "convolution")
     assert [getattr(rebuilt, n) for n in names] == [getattr(module, n) for n in names]
     assert (rebuilt.bias is None) == (module.bias is None)
 

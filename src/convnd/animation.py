@@ -181,9 +181,9 @@ def render_frames(layer: Any, input_shape: Any, *, max_frames: int = MAX_FRAMES)
         max_frames: the most frames to draw; big inputs show the first positions and the last.
     """
     plt, _ = require_viz()
-    text, module, shape, _ = layer_and_input(layer, input_shape)
-    spec = module.spec
-    source, target, frames = frames_for(spec, shape[-spec.dims :])
+    checked = layer_and_input(layer, input_shape)
+    text, module, shape, spec = checked.text, checked.module, checked.shape, checked.module.spec
+    source, target, frames = frames_for(spec, checked.layout.spatial_size(shape))
     for name, grid in (("input", source), ("output", target)):
         if grid.width > MAX_CELLS or grid.height > MAX_CELLS:
             fail(

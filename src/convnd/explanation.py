@@ -27,6 +27,7 @@ import torch
 
 from .checks import check_operands
 from .layer_text import LayerText, from_module, parse_layer, parse_shape
+from .layout import DEFAULT_CHANNEL_DIM, Layout, resolve_layout
 from .lowering import _gather_step, _scatter_step, plan
 from .spec import ConvSpec, fan_in
 
@@ -34,6 +35,8 @@ from .spec import ConvSpec, fan_in
 _REAL_ELEMENTS = 1 << 22
 _REAL_MACS = 50_000_000
 _TAPS_SHOWN = 3
+# keywords convnd's classes take and torch.nn's do not, with their defaults
+_CONVND_ONLY = {"dims": None, "channel_dim": DEFAULT_CHANNEL_DIM, "spatial_dims": None, "convolution": False}
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,9 @@ class Explanation:
     dims_from: str
     dims_reason: str
     input_shape: tuple[int, ...]
+    layout: str
+    torch_layout: bool
+    flipped: bool
     batched: bool
     in_channels: int
     out_channels: int
@@ -132,18 +138,19 @@ def explain(layer: Any, input_shape: Any) -> Explanation:
         ConvndError: a SPEC that is not a literal call of a convolution class, bad arguments, or an
             input whose rank, channels or size the layer cannot take (the message says which).
     """
-    text, module, shape, batched = layer_and_input(layer, input_shape)
+    checked = layer_and_input(layer, input_shape)
+    text, module, shape, canonical = checked.text, checked.module, checked.shape, checked.canonical
     arguments, spec = text.arguments(), module.spec
-    spatial = shape[-spec.dims :]
+    spatial = canonical[-spec.dims :]
     out_spatial = spec.output_size(spatial)
-    output_shape = (*shape[: -spec.dims - 1], module.out_channels, *out_spatial)
+    output_shape = checked.output_shape()
     dims_from, dims_reason = _rank_reason(text, arguments, spec)
     # a transposed convolution multiplies every input element by its group's kernel; a convolution
     # computes every output element from its group's input channels (taps on padding included)
-    counted = shape[: -spec.dims] + spatial if spec.transposed else output_shape
+    counted = canonical if spec.transposed else output_shape
     per_element = fan_in(module.out_channels if spec.transposed else module.in_channels, spec.groups, spec.kernel)
     macs = math.prod(counted) * per_element
-    recipes = {r: _recipe(spec, r, module, shape) for r in (1, 2, 3)}
+    recipes = {r: _recipe(spec, r, module, canonical) for r in (1, 2, 3)}
     chosen = plan(spec).native_rank
     return Explanation(
         layer=str(text),
@@ -152,7 +159,10 @@ def explain(layer: Any, input_shape: Any) -> Explanation:
         dims_from=dims_from,
         dims_reason=dims_reason,
         input_shape=shape,
-        batched=batched,
+        layout=checked.layout.describe(),
+        torch_layout=checked.layout.torch_layout,
+        flipped=module.convolution,
+        batched=checked.batched,
         in_channels=module.in_channels,
         out_channels=module.out_channels,
         groups=spec.groups,
@@ -169,17 +179,52 @@ def explain(layer: Any, input_shape: Any) -> Explanation:
     )
 
 
-def layer_and_input(layer: Any, input_shape: Any) -> tuple[LayerText, Any, tuple[int, ...], bool]:
-    """Parse and check a layer and an input shape: (text, convnd module on meta, shape, batched).
+@dataclass(frozen=True)
+class LayerInput:
+    """A parsed layer and a checked input shape.
 
-    The one entry of ``explain`` and ``animate``: the module is convnd's own class, and the input is
-    judged by :func:`convnd.checks.check_operands`, so errors are convnd's one-line messages.
+    Attributes:
+        text: the layer as parsed.
+        module: convnd's module for it, on the meta device.
+        shape: the input shape as the user gave it.
+        layout: where the batch, channel and spatial axes are (the layer's channel_dim/spatial_dims).
+        canonical: the input's shape in the order convnd computes in: (B, C, *spatial), or torch's
+            unbatched (C, *spatial).
+        batched: whether ``canonical`` has a batch axis.
+    """
+
+    text: LayerText
+    module: Any
+    shape: tuple[int, ...]
+    layout: Layout
+    canonical: tuple[int, ...]
+    batched: bool
+
+    def output_shape(self) -> tuple[int, ...]:
+        """The output's shape in the input's layout, from ``ConvSpec.output_size``."""
+        spec = self.module.spec
+        out = (
+            *self.canonical[: -spec.dims - 1],
+            self.module.out_channels,
+            *spec.output_size(self.canonical[-spec.dims :]),
+        )
+        return tuple(self.layout.from_canonical(torch.empty(out, device="meta"), self.shape).shape)
+
+
+def layer_and_input(layer: Any, input_shape: Any) -> LayerInput:
+    """Parse a layer and check an input shape against it: the one entry of ``explain`` and ``animate``.
+
+    The module is convnd's own class, the input moves to (B, C, *spatial) by the layer's layout and is
+    judged by :func:`convnd.checks.check_operands`, as :func:`convnd.functional.run` does, so errors are
+    convnd's one-line messages.
     """
     text = parse_layer(layer) if isinstance(layer, str) else from_module(layer)
     shape = parse_shape(input_shape if isinstance(input_shape, str) else ",".join(map(str, input_shape)))
     module = text.build()
-    batched = check_operands(torch.empty(shape, device="meta"), module.weight, module.bias, module.spec)
-    return text, module, shape, batched
+    layout = resolve_layout(len(shape), module.dims, module.channel_dim, module.spatial_dims)
+    x = layout.to_canonical(torch.empty(shape, device="meta"))
+    batched = check_operands(x, module.weight, module.bias, module.spec)
+    return LayerInput(text, module, shape, layout, tuple(x.shape), batched)
 
 
 # --- the parts ------------------------------------------------------------------------------
@@ -340,7 +385,7 @@ def _torch_verdict(
             except Exception as cpu_error:
                 error = cpu_error
         message = f"{type(error).__name__}: {str(error).splitlines()[0]}"
-        return TorchVerdict(version, call, False, None, None, message, _why_torch_fails(text, spec, name))
+        return TorchVerdict(version, call, False, None, None, message, _why_torch_fails(spec, name, kwargs))
     torch_shape = tuple(out.shape)
     identical = _same_result(text, cls, args, kwargs, shape) if small else None
     if torch_shape != output_shape:
@@ -361,13 +406,20 @@ def _torch_twin(text: LayerText, spec: ConvSpec) -> tuple[str, type, tuple[Any, 
     if spec.dims > 3:
         return None
     name = f"{'ConvTranspose' if spec.transposed else 'Conv'}{spec.dims}d"
-    kwargs = {k: v for k, v in text.arguments().items() if k != "dims"}
+    # convnd's own keywords at their defaults say nothing torch.nn needs; set, they stay (and torch refuses them)
+    kwargs = {k: v for k, v in text.arguments().items() if k not in _CONVND_ONLY or v != _CONVND_ONLY[k]}
     kwargs["kernel_size"] = spec.kernel
     return f"torch.nn.{name}", getattr(torch.nn, name), (), kwargs
 
 
-def _why_torch_fails(text: LayerText, spec: ConvSpec, name: str) -> str:
+def _why_torch_fails(spec: ConvSpec, name: str, kwargs: dict[str, Any]) -> str:
     """The cause of torch's refusal in plain words, for the cases convnd resolves differently."""
+    own = [k for k in kwargs if k in _CONVND_ONLY]
+    if own:
+        return (
+            f"{', '.join(own)}: convnd's own; torch.nn takes (B, C, *spatial) inputs and cross-correlates only "
+            "(move the axes and flip the kernel yourself)"
+        )
     rank = int(name[-2])
     if rank != spec.dims:
         return (
@@ -410,13 +462,14 @@ def table(headers: tuple[str, ...], rows: list[tuple[Any, ...]], indent: str = "
 def render(e: Explanation, width: int = 100) -> str:
     """The terminal view of an explanation: short sections, aligned columns, prose wrapped to ``width``."""
     kind = "transposed convolution" if e.transposed else "convolution"
-    spatial = e.input_shape[-e.dims :]
+    spatial = tuple(r.input for r in e.rows)
     lines = [f"{e.layer}  on input {e.input_shape}", ""]
     lines += _wrap(f"A {e.dims}-d {kind}: {e.dims_reason}.", width)
-    lines += _wrap(
-        f"Input: {'batched' if e.batched else 'unbatched'}, {_plural(e.in_channels, 'channel')}, spatial {spatial}.",
-        width,
-    )
+    batched = "batched" if e.batched else "unbatched"
+    moved = "" if e.torch_layout else f"; {e.layout}"
+    lines += _wrap(f"Input: {batched}, {_plural(e.in_channels, 'channel')}, spatial {spatial}{moved}.", width)
+    if e.flipped:
+        lines += _wrap("convolution=True: the kernel is flipped over its spatial dims (a true convolution).", width)
     lines.append("")
     if e.transposed:
         formula = "(in-1)*stride - low - high + window + out_pad"

@@ -160,6 +160,13 @@ def from_module(module: nn.Module) -> LayerText:
         kwargs["output_padding"] = tuple(module.output_padding)
     kwargs.update(dilation=tuple(module.dilation), groups=module.groups, bias=module.bias is not None)
     kwargs["padding_mode"] = module.padding_mode
+    if isinstance(module, modules._ConvBase):  # convnd's own keywords, where they differ from the defaults
+        own = {
+            "channel_dim": module.channel_dim,
+            "spatial_dims": module.spatial_dims,
+            "convolution": module.convolution,
+        }
+        kwargs.update({k: v for k, v in own.items() if v != inspect.signature(modules.ConvNd).parameters[k].default})
     prefix = "convnd" if isinstance(module, modules._ConvBase) else "torch.nn"
     return LayerText(name, prefix, (module.in_channels, module.out_channels), kwargs)
 
