@@ -7,7 +7,9 @@ past that convnd lowers onto torch's native kernels.
 from __future__ import annotations
 
 from . import reference
+from .animation import animate
 from .errors import ConvndError, ConvndTypeError, ConvndValueError
+from .explanation import Explanation, explain
 from .functional import conv, conv_transpose
 from .modules import (
     Conv1d,
@@ -36,8 +38,11 @@ __all__ = [
     "ConvndError",
     "ConvndTypeError",
     "ConvndValueError",
+    "Explanation",
+    "animate",
     "conv",
     "conv_transpose",
+    "explain",
     "make_spec",
     "reference",
 ]

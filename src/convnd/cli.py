@@ -17,8 +17,8 @@ from .errors import ConvndError
 # verb -> (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "demo": ("convnd.demo", "show what convnd does, in a few runnable lines"),
-    "explain": ("convnd.explain", "what a convolution layer does to a tensor shape, per dim"),
-    "animate": ("convnd.animate", "draw the kernel sliding over the input, as a GIF or PNG"),
+    "explain": ("convnd.explanation", "what a convolution layer does to a tensor shape, per dim"),
+    "animate": ("convnd.animation", "draw the kernel sliding over the input, as a GIF or PNG"),
     "bench": ("convnd.bench", "measure convnd against its peers and the machine's GEMM"),
 }
 

@@ -1,0 +1,176 @@
+"""``convnd.explain``: every number it reports equals what convnd (and torch) actually do."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import convnd
+from convnd import lowering
+from convnd.errors import ConvndError, ConvndValueError
+from convnd.layer_text import parse_layer
+from convnd.layout import resolve_layout
+
+SEED = "nn.Conv1d(4, 4, kernel_size=(1, 1))"
+
+# (spec, input shape): strided, dilated, padded, asymmetric, grouped, padding modes, unbatched, 4-d, 5-d, transposed
+CASES = [
+    (SEED, (2, 4, 5, 6)),
+    ("torch.nn.Conv2d(3, 8, 3, stride=2, padding=1, dilation=2)", (1, 3, 9, 10)),
+    ("nn.Conv1d(2, 4, 5, stride=3, padding=4, dilation=2, groups=2)", (2, 2, 17)),
+    ("Conv2d(1, 1, (3,), padding='same')", (1, 1, 11)),
+    ("Conv3d(2, 2, (2, 3, 1), stride=(2, 1, 3), padding=((0, 1), (2, 0), 1), padding_mode='reflect')", (2, 5, 6, 7)),
+    ("convnd.ConvNd(2, 3, kernel_size=(3, 3, 3, 3), padding='same')", (1, 2, 4, 5, 3, 4)),
+    ("ConvNd(2, 2, 3, dims=4, stride=(2, 1, 1, 2), dilation=(1, 2, 1, 1), padding=(1, 2, 0, 1))", (1, 2, 5, 6, 4, 5)),
+    ("ConvNd(1, 2, (2, 1, 2, 1, 2), stride=2, padding_mode='circular', padding=1)", (1, 1, 3, 3, 4, 3, 4)),
+    ("ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1)", (1, 4, 3, 5)),
+    ("nn.ConvTranspose1d(4, 6, 3, stride=3, dilation=2, groups=2)", (4, 7)),
+    ("ConvTransposeNd(2, 2, (2, 3, 2, 2), stride=(2, 1, 2, 3), padding=(1, 0, 0, 1), output_padding=(1, 0, 1, 2))",
+     (1, 2, 3, 2, 3, 2)),
+    # layouts: the channel axis elsewhere, batch axes anywhere, the kernel flipped
+    ("ConvNd(2, 3, (3, 3, 3, 3), padding=1, channel_dim=-1)", (2, 4, 3, 5, 4, 2)),
+    ("Conv2d(3, 4, 3, stride=2, spatial_dims=(1, 2), channel_dim=3)", (2, 7, 8, 3)),
+    ("ConvTranspose1d(2, 2, 3, stride=2, channel_dim=-1, convolution=True)", (4, 5, 2)),
+]  # fmt: skip
+
+
+def _run(spec: str, shape: tuple[int, ...]) -> tuple[torch.nn.Module, torch.Tensor]:
+    module = parse_layer(spec).build(device="cpu").double()
+    with torch.no_grad():
+        return module, module(torch.randn(shape, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(("spec", "shape"), CASES)
+def test_output_shape_and_counts_are_convnds_own(spec, shape):
+    e = convnd.explain(spec, shape)
+    module, y = _run(spec, shape)
+    assert e.output_shape == tuple(y.shape)
+    layout = resolve_layout(len(shape), module.dims, module.channel_dim, module.spatial_dims)
+    assert tuple(r.output for r in e.rows) == layout.spatial_size(y.shape)
+    assert e.dims == module.dims == len(e.rows)
+    assert e.parameters == sum(p.numel() for p in module.parameters())
+    assert e.receptive_field == tuple(d * (k - 1) + 1 for k, d in zip(module.kernel_size, module.dilation))
+    json.dumps(e.to_dict())  # machine-readable end to end
+
+
+@pytest.mark.parametrize(
+    ("layer", "shape"),
+    [
+        (torch.nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2), groups=2), (2, 4, 7, 8)),
+        (torch.nn.Conv1d(3, 5, 4, stride=3, padding=2), (3, 20)),
+        (torch.nn.Conv3d(2, 2, 2, dilation=2, padding="same"), (1, 2, 4, 5, 6)),
+        (torch.nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2, output_padding=1), (2, 4, 5, 3)),
+        (torch.nn.ConvTranspose1d(2, 3, 5, stride=2, padding=2, dilation=2), (1, 2, 9)),
+    ],
+)
+def test_multiply_adds_match_torchs_flop_counter(layer, shape):
+    with FlopCounterMode(display=False) as counter:
+        layer(torch.randn(shape))
+    assert 2 * convnd.explain(layer, shape).macs == counter.get_total_flops()  # torch counts 2 per multiply-add
+
+
+@pytest.mark.parametrize(
+    ("spec", "dims", "decided_by"),
+    [
+        ("nn.Conv1d(1, 1, kernel_size=(1, 1))", 2, "kernel_size"),
+        ("nn.Conv2d(1, 1, 3)", 2, "class"),
+        ("nn.Conv3d(1, 1, (3, 3))", 2, "kernel_size"),
+        ("ConvNd(1, 1, 3, dims=4)", 4, "dims"),
+        ("ConvTranspose1d(1, 1, (2, 2, 2))", 3, "kernel_size"),
+    ],
+)
+def test_rank_and_the_argument_that_decided_it(spec, dims, decided_by):
+    e = convnd.explain(spec, (1,) + (6,) * dims)
+    assert (e.dims, e.dims_from) == (dims, decided_by)
+
+
+def test_seed_question():
+    e = convnd.explain(SEED, "2,4,5,6")
+    assert (e.dims, e.output_shape, e.dims_from) == (2, (2, 4, 5, 6), "kernel_size")
+    assert e.convnd_plan.strategy == "direct"
+    assert not e.torch_nn.ran
+    assert "Expected 2D (unbatched) or 3D (batched) input to conv1d" in e.torch_nn.error
+    assert "Conv1d takes its rank from its name" in e.torch_nn.reason
+    text = str(e)
+    assert "A 2-d convolution: kernel_size=(1, 1) has 2 entries" in text
+    assert "(5 + 0 + 0 - 1) // 1 + 1 = 5" in text
+    # the other ranks: 3-d by lifting with kernel (1, 1, 1), 1-d by folding dim 0 into the batch
+    recipes = {r.rank: r for r in e.other_ranks}
+    assert (recipes[1].strategy, recipes[3].strategy) == ("tapsum", "lift")
+    assert any("kernel_size=(1, 1, 1)" in step for step in recipes[3].steps)
+    assert any("fold gives (10, 4, 6)" in step for step in recipes[1].steps)
+
+
+def test_torch_runs_the_same_layer_bit_identically():
+    verdict = convnd.explain("nn.Conv2d(3, 8, 3, stride=2, padding=1)", (2, 3, 9, 9)).torch_nn
+    assert (verdict.ran, verdict.output_shape, verdict.identical) == (True, (2, 8, 5, 5), True)
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape", "said"),
+    [
+        ("ConvNd(1, 1, (3, 3, 3, 3))", (1, 1, 4, 4, 4, 4), "torch.nn has Conv1d, Conv2d and Conv3d only"),
+        ("Conv2d(1, 1, 3, padding=((1, 2), (0, 0)))", (1, 1, 5, 5), "(low, high) padding pairs are convnd's"),
+        ("Conv2d(1, 1, (3,))", (1, 1, 5), "Conv2d takes its rank from its name"),
+        ("Conv2d(3, 1, 3, channel_dim=-1)", (1, 5, 5, 3), "channel_dim: convnd's own"),
+    ],
+)
+def test_torch_refusals_are_explained(spec, shape, said):
+    verdict = convnd.explain(spec, shape).torch_nn
+    assert not verdict.ran
+    assert said in verdict.reason
+
+
+def test_tapsum_recipe_counts_the_native_calls_lowering_makes(monkeypatch):
+    # the outer dim has size 1 with kernel 3 and padding 1: taps 0 and 2 read only padding and are skipped
+    spec, shape = "ConvNd(2, 2, (3, 2, 2, 2), padding=1)", (1, 2, 1, 3, 3, 3)
+    e = convnd.explain(spec, shape)
+    module = parse_layer(spec).build(device="cpu")
+    calls = []
+    for rank, conv in list(lowering._CONV.items()):
+        monkeypatch.setitem(lowering._CONV, rank, lambda *a, _c=conv, _r=rank, **k: calls.append(_r) or _c(*a, **k))
+    x = torch.randn(shape)
+    for recipe in (e.convnd_plan, *e.other_ranks):
+        calls.clear()
+        convnd.functional.run(x, module.weight, module.bias, module.spec, native_rank=recipe.rank)
+        assert calls == [recipe.rank] * recipe.native_calls
+    assert e.convnd_plan.native_calls == 1
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape", "message"),
+    [
+        ("nn.Conv2d(3, 8, 3)", (1, 4, 5, 5), "input must be 3 channels (weight.shape[1] * groups = 3 * 1), got 4"),
+        ("nn.Conv2d(3, 8, 3)", (1, 3, 5, 5, 5), "input must be a tensor with 3 (unbatched) or 4 (batched) dims"),
+        ("nn.Conv2d(3, 8, 3)", (1, 3, 2, 5), "input must be at least 3 in spatial dim 0 after padding"),
+        ("nn.Conv2d(3, 8, 3, groups=2)", (1, 3, 5, 5), "in_channels must be divisible by groups=2"),
+        ("nn.Conv2d(3, 8, 3, stride=2, padding='same')", (1, 3, 5, 5), "'same' needs stride 1"),
+    ],
+)
+def test_mismatches_are_convnds_one_line_errors(spec, shape, message):
+    with pytest.raises(ConvndValueError) as info:
+        convnd.explain(spec, shape)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_explain_takes_module_instances():
+    e = convnd.explain(torch.nn.Conv3d(2, 4, 3, padding=1), (1, 2, 4, 4, 4))
+    assert e.output_shape == (1, 4, 4, 4, 4)
+    assert e.torch_nn.identical
+    with pytest.raises(ConvndError):
+        convnd.explain(torch.nn.ReLU(), (1, 2, 3))
+
+
+def test_terminal_view_is_aligned_tables_not_a_wall():
+    text = str(convnd.explain("ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1)", (1, 4, 3, 5)))
+    lines = text.splitlines()
+    header = next(line for line in lines if line.lstrip().startswith("dim"))
+    rows = lines[lines.index(header) + 1 : lines.index(header) + 3]
+    # numbers right-aligned under their headers
+    assert [row[: header.index("out_pad") + len("out_pad")].split()[-1] for row in rows] == ["1", "1"]
+    assert "(3 - 1)*2 - 1 - 1 + 3 + 1 = 6" in text
+    assert max(len(line) for line in lines if not line.startswith(" " * 4)) <= 130
