@@ -8,6 +8,7 @@ output_padding, skip connections) at sizes that run in milliseconds. ``make(name
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -51,10 +52,12 @@ class HifiGanLike(nn.Module):
 
     def __init__(self, width: int = 8) -> None:
         super().__init__()
-        weight_norm = nn.utils.weight_norm
-        self.pre = weight_norm(nn.Conv1d(4, width, kernel_size=7, padding=3))
-        self.up = weight_norm(nn.ConvTranspose1d(width, width // 2, kernel_size=4, stride=2, padding=1))
-        self.res = weight_norm(nn.Conv1d(width // 2, width // 2, kernel_size=3, dilation=3, padding="same"))
+        with warnings.catch_warnings():  # deprecated, but the hook real vocoder checkpoints were trained with
+            warnings.simplefilter("ignore", FutureWarning)
+            weight_norm = nn.utils.weight_norm
+            self.pre = weight_norm(nn.Conv1d(4, width, kernel_size=7, padding=3))
+            self.up = weight_norm(nn.ConvTranspose1d(width, width // 2, kernel_size=4, stride=2, padding=1))
+            self.res = weight_norm(nn.Conv1d(width // 2, width // 2, kernel_size=3, dilation=3, padding="same"))
         self.post = nn.Conv1d(width // 2, 1, kernel_size=7, padding=3, padding_mode="reflect")
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:

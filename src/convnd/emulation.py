@@ -92,6 +92,15 @@ def emulate(module: nn.Module, dims: int) -> nn.Module:
     return emulation
 
 
+def unemulated(module: nn.Module) -> nn.Module:
+    """The module an emulation views, as its own class again (sharing the same dicts); others as they are."""
+    if not isinstance(module, Emulation):
+        return module
+    plain = object.__new__(module._emulated_base)
+    plain.__dict__.update((k, v) for k, v in module.__dict__.items() if k != "native_rank")
+    return plain
+
+
 def native_rank_of(dims: Any) -> int:
     """``dims`` checked as the rank of a native torch convolution: 1, 2 or 3."""
     if isinstance(dims, bool) or not isinstance(dims, int):

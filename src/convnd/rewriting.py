@@ -15,7 +15,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from .emulation import convolution_class, emulate, is_convolution, native_rank_of, running_rank
+from .emulation import convolution_class, emulate, is_convolution, native_rank_of, running_rank, unemulated
 from .errors import fail
 
 Ranks = Union[int, Collection[int]]
@@ -98,5 +98,7 @@ def _replacement(
         return None
     if id(module) not in replaced:
         convolution_class(module, where)  # names the module in the error when it cannot be emulated
-        replaced[id(module)] = emulate(module, nearest_rank(len(module.kernel_size), allowed))
+        target = nearest_rank(len(module.kernel_size), allowed)
+        plain = unemulated(module)  # an earlier rewrite's emulation may just go back to running natively
+        replaced[id(module)] = plain if running_rank(plain) == target else emulate(module, target)
     return replaced[id(module)]
