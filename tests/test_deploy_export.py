@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from example_models import make
 
 import convnd
+from example_models import make
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -20,7 +20,7 @@ DEPLOY_SECTION = "## Deploying to a 2-D-only target"
 
 
 def onnx_convolutions(model_proto: onnx.ModelProto) -> list[tuple[str, int, int, int]]:
-    """(op, kernel_shape length, input rank, weight rank) of every Conv/ConvTranspose node, ranks from shape inference."""
+    """(op, kernel_shape length, input rank, weight rank) of every Conv/ConvTranspose node (shape inference)."""
     graph = onnx.shape_inference.infer_shapes(model_proto).graph
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*graph.value_info, *graph.input, *graph.output)}
     ranks.update((t.name, len(t.dims)) for t in graph.initializer)

@@ -76,21 +76,19 @@ def check(module: nn.Module, x: torch.Tensor, dims: int) -> None:
     assert set(record.calls) == {("forward", dims), ("backward", dims)}
 
 
-@pytest.mark.parametrize("dims", RANKS)
-@pytest.mark.parametrize("rank", RANKS)
-@pytest.mark.parametrize(("case", "kwargs", "size", "batched"), CONV_CASES, ids=[c[0] for c in CONV_CASES])
-def test_torch_conv_lifted_and_lowered(case, kwargs, size, batched, rank, dims):
-    torch.manual_seed(0)
-    module = TORCH_CONV[rank](4, 6, **at_rank(kwargs, rank))
-    check(module, input_for(size, rank, 4, batched), dims)
+TORCH_CASES = [(TORCH_CONV, *case) for case in CONV_CASES] + [(TORCH_CONV_T, *case) for case in CONV_T_CASES]
 
 
 @pytest.mark.parametrize("dims", RANKS)
 @pytest.mark.parametrize("rank", RANKS)
-@pytest.mark.parametrize(("case", "kwargs", "size", "batched"), CONV_T_CASES, ids=[c[0] for c in CONV_T_CASES])
-def test_torch_conv_transpose_lifted_and_lowered(case, kwargs, size, batched, rank, dims):
+@pytest.mark.parametrize(
+    ("classes", "case", "kwargs", "size", "batched"),
+    TORCH_CASES,
+    ids=[f"{classes[1].__name__[:-2]}-{case}" for classes, case, *_ in TORCH_CASES],
+)
+def test_torch_modules_lifted_and_lowered(classes, case, kwargs, size, batched, rank, dims):
     torch.manual_seed(0)
-    module = TORCH_CONV_T[rank](4, 6, **at_rank(kwargs, rank))
+    module = classes[rank](4, 6, **at_rank(kwargs, rank))
     check(module, input_for(size, rank, 4, batched), dims)
 
 
@@ -159,7 +157,7 @@ def test_convnd_nd_lowered(case, make, size, dims):
     module = make()
     x = torch.randn(2, module.in_channels, *size)
     check(module, x, dims)
-    spec = convnd.emulation.spec_of(module)
+    spec = module.spec
     with torch.no_grad():
         got = convnd.emulate(module, dims)(x)
     if spec.transposed:

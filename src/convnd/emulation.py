@@ -22,7 +22,7 @@ from .errors import fail
 from .functional import run
 from .lowering import NATIVE_RANKS
 from .modules import ConvNd, ConvTransposeNd, _ConvBase, spec_for_output_size
-from .spec import ConvSpec, make_spec
+from .spec import module_spec
 
 # the classes whose forward convnd knows; a subclass that overrides forward (or torch's
 # _conv_forward) adds behaviour an emulation would silently drop, so it is refused
@@ -47,7 +47,7 @@ class Emulation(nn.Module):
     _emulated_base: type
 
     def forward(self, input: torch.Tensor, output_size: Any = None) -> torch.Tensor:
-        spec = spec_of(self)
+        spec = module_spec(self)
         if output_size is not None:
             if not spec.transposed:
                 fail("output_size", output_size, "None", reason="only a transposed convolution takes an output size")
@@ -155,22 +155,6 @@ def convolution_class(module: Any, argument: str = "module") -> type:
                 reason=f"{cls.__name__} overrides {method}, and an emulation cannot know what that adds",
             )
     return cls
-
-
-def spec_of(module: nn.Module) -> ConvSpec:
-    """The spec of a convolution module, built from its attributes each call (edits take effect)."""
-    if isinstance(module, _ConvBase):
-        return module.spec
-    return make_spec(
-        module.kernel_size,
-        module.stride,
-        module.padding,
-        module.dilation,
-        module.groups,
-        module.padding_mode,
-        transposed=module.transposed,
-        output_padding=module.output_padding,
-    )
 
 
 _CLASSES: dict[type, type] = {}
