@@ -138,34 +138,36 @@ class OwnForward(nn.Conv3d):
         return super().forward(x).relu()
 
 
+CONV = (nn.Conv1d, 1, 1, 3)
 ERRORS = [
-    (lambda: convnd.rewrite(nn.Conv1d(1, 1, 3), 0), convnd.ConvndValueError,
+    (CONV, 0, convnd.ConvndValueError,
      "dims must be 1, 2 or 3, got 0 (torch has native convolutions of these ranks only)"),
-    (lambda: convnd.rewrite(nn.Conv1d(1, 1, 3), {2, 4}), convnd.ConvndValueError,
+    (CONV, {2, 4}, convnd.ConvndValueError,
      "dims must be 1, 2 or 3, got 4 (torch has native convolutions of these ranks only)"),
-    (lambda: convnd.rewrite(nn.Conv1d(1, 1, 3), set()), convnd.ConvndValueError,
+    (CONV, set(), convnd.ConvndValueError,
      "dims must be a non-empty set of ranks, got set() (a model needs at least one rank to run on)"),
-    (lambda: convnd.rewrite(nn.Conv1d(1, 1, 3), "2"), convnd.ConvndTypeError,
-     "dims must be an int or a set of ints, each 1, 2 or 3, got '2'"),
-    (lambda: convnd.rewrite(nn.Conv1d(1, 1, 3), 2.0), convnd.ConvndTypeError,
-     "dims must be an int or a set of ints, each 1, 2 or 3, got 2.0"),
-    (lambda: convnd.rewrite(nn.Conv1d(1, 1, 3), {2.0}), convnd.ConvndTypeError,
-     "dims must be an int: 1, 2 or 3, got 2.0"),
-    (lambda: convnd.rewrite("model", 2), convnd.ConvndTypeError, "model must be a torch.nn.Module, got 'model'"),
-    (lambda: convnd.rewrite(nn.Sequential(nn.ReLU(), nn.Sequential(OwnForward(1, 1, 3))), 2), convnd.ConvndValueError,
+    (CONV, "2", convnd.ConvndTypeError, "dims must be an int or a set of ints, each 1, 2 or 3, got '2'"),
+    (CONV, 2.0, convnd.ConvndTypeError, "dims must be an int or a set of ints, each 1, 2 or 3, got 2.0"),
+    (CONV, {2.0}, convnd.ConvndTypeError, "dims must be an int: 1, 2 or 3, got 2.0"),
+    ((str, "model"), 2, convnd.ConvndTypeError, "model must be a torch.nn.Module, got 'model'"),
+    ((lambda: nn.Sequential(nn.Conv3d(1, 1, 3), nn.Sequential(OwnForward(1, 1, 3))),), 2, convnd.ConvndValueError,
      "model.1.0 must be a convolution whose forward is torch.nn's or convnd's own, got OwnForward "
      "(OwnForward overrides forward, and an emulation cannot know what that adds)"),
-    (lambda: convnd.rewrite(nn.Sequential(nn.LazyConv3d(2, 3)), 2), convnd.ConvndValueError,
-     "model.0 must be a materialized convolution, got LazyConv3d "
+    ((lambda: nn.Sequential(nn.Conv3d(1, 1, 3), nn.LazyConv3d(2, 3)),), 2, convnd.ConvndValueError,
+     "model.1 must be a materialized convolution, got LazyConv3d "
      "(a lazy module learns in_channels from its first input: run one forward pass first)"),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("call", "error", "message"), ERRORS)
-def test_errors(call, error, message):
+@pytest.mark.parametrize(("make_model", "dims", "error", "message"), ERRORS)
+def test_errors_leave_the_model_as_it_was(make_model, dims, error, message):
+    model = make_model[0](*make_model[1:])
+    before = [(name, type(m)) for name, m in model.named_modules()] if isinstance(model, nn.Module) else []
     with pytest.raises(error) as info:
-        call()
+        convnd.rewrite(model, dims, inplace=True)
     assert str(info.value) == message
+    if before:  # checked before anything is replaced: no half-rewritten model
+        assert [(name, type(m)) for name, m in model.named_modules()] == before
 
 
 def test_unsupported_convolution_of_an_allowed_rank_is_left_alone():

@@ -52,11 +52,16 @@ def rewrite(model: nn.Module, dims: Ranks, inplace: bool = False) -> nn.Module:
     replaced: dict[int, nn.Module] = {}
     if is_convolution(model):
         return _replacement(model, "model", allowed, replaced) or model
-    for path, parent in list(model.named_modules()):
-        for name, child in list(parent._modules.items()):
-            if is_convolution(child):
-                where = ".".join(part for part in ("model", path, name) if part)
-                parent._modules[name] = _replacement(child, where, allowed, replaced) or child
+    # every replacement is made (and checked) before any is put in, so an error leaves the model as it was
+    swaps = []
+    for path, parent in model.named_modules():
+        for name, child in parent._modules.items():
+            where = ".".join(part for part in ("model", path, name) if part)
+            new = _replacement(child, where, allowed, replaced) if is_convolution(child) else None
+            if new is not None:
+                swaps.append((parent, name, new))
+    for parent, name, new in swaps:
+        parent._modules[name] = new
     return model
 
 
