@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -70,9 +72,21 @@ def input_for(size: tuple[int, ...], n: int, channels: int, batched: bool) -> to
     return torch.randn((2, *shape) if batched else shape)
 
 
+@contextlib.contextmanager
+def no_tf32() -> Iterator[None]:
+    """On a GPU, cuDNN's TF32 rounds differently per conv shape; compare in true float32."""
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
 def check(module: nn.Module, x: torch.Tensor, dims: int) -> None:
     """The emulation computes the module's outputs and gradients, running only rank-``dims`` native convolutions."""
-    record = assert_equivalent(module, convnd.emulate(module, dims), x, ranks=dims)
+    with no_tf32():
+        record = assert_equivalent(module, convnd.emulate(module, dims), x, ranks=dims)
     assert set(record.calls) == {("forward", dims), ("backward", dims)}
 
 
@@ -86,10 +100,10 @@ TORCH_CASES = [(TORCH_CONV, *case) for case in CONV_CASES] + [(TORCH_CONV_T, *ca
     TORCH_CASES,
     ids=[f"{classes[1].__name__[:-2]}-{case}" for classes, case, *_ in TORCH_CASES],
 )
-def test_torch_modules_lifted_and_lowered(classes, case, kwargs, size, batched, rank, dims):
+def test_torch_modules_lifted_and_lowered(classes, case, kwargs, size, batched, rank, dims, device):
     torch.manual_seed(0)
-    module = classes[rank](4, 6, **at_rank(kwargs, rank))
-    check(module, input_for(size, rank, 4, batched), dims)
+    module = classes[rank](4, 6, **at_rank(kwargs, rank), device=device)
+    check(module, input_for(size, rank, 4, batched).to(device), dims)
 
 
 @pytest.mark.parametrize("dims", RANKS)
@@ -110,10 +124,10 @@ def test_conv_transpose_output_size_argument(dims):
     ("padding", "mode"),
     [(((1, 2), (0, 1)), "zeros"), (((0, 2), (2, 1)), "reflect"), (((2, 0), (1, 1)), "circular")],
 )
-def test_convnd_asymmetric_padding_lifted_and_lowered(padding, mode, dims):
+def test_convnd_asymmetric_padding_lifted_and_lowered(padding, mode, dims, device):
     torch.manual_seed(0)
-    module = convnd.Conv2d(2, 3, kernel_size=(3, 2), padding=padding, padding_mode=mode)
-    check(module, torch.randn(2, 2, 5, 6), dims)
+    module = convnd.Conv2d(2, 3, kernel_size=(3, 2), padding=padding, padding_mode=mode, device=device)
+    check(module, torch.randn(2, 2, 5, 6, device=device), dims)
 
 
 # convnd's own N-d modules, N = 4 and 5, lowered onto each native rank
@@ -152,14 +166,14 @@ ND_CASES = [
 
 @pytest.mark.parametrize("dims", RANKS)
 @pytest.mark.parametrize(("case", "make", "size"), ND_CASES, ids=[c[0] for c in ND_CASES])
-def test_convnd_nd_lowered(case, make, size, dims):
+def test_convnd_nd_lowered(case, make, size, dims, device):
     torch.manual_seed(0)
-    module = make()
-    x = torch.randn(2, module.in_channels, *size)
+    module = make().to(device)
+    x = torch.randn(2, module.in_channels, *size, device=device)
     check(module, x, dims)
     spec = module.spec
-    with torch.no_grad():
-        got = convnd.emulate(module, dims)(x)
+    with torch.no_grad(), no_tf32():
+        got = convnd.emulate(module, dims)(x).cpu()
     if spec.transposed:
         pads = tuple(lo for lo, _ in spec.padding)
         args = (spec.stride, pads, spec.output_padding, spec.groups, spec.dilation)
@@ -279,6 +293,16 @@ def test_repr_and_isinstance():
     emulation = convnd.emulate(nn.Conv1d(2, 3, 3), 2)
     assert repr(emulation) == "EmulatedConv1d(2, 3, kernel_size=(3,), stride=(1,), native_rank=2)"
     assert isinstance(emulation, (convnd.Emulation, nn.Conv1d))
+
+
+def test_direct_conv_forward_calls_are_emulated():
+    torch.manual_seed(0)
+    module = nn.Conv2d(2, 3, 3, padding=1)
+    x = torch.randn(1, 2, 5, 5)
+    with NativeConvolutions() as record:
+        got = convnd.emulate(module, 1)._conv_forward(x, module.weight, None)
+    assert record.ranks == {1}
+    torch.testing.assert_close(got, module._conv_forward(x, module.weight, None))
 
 
 def test_attribute_edits_take_effect():

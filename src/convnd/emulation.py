@@ -47,13 +47,19 @@ class Emulation(nn.Module):
     _emulated_base: type
 
     def forward(self, input: torch.Tensor, output_size: Any = None) -> torch.Tensor:
+        # self.weight goes through the class's attribute access, so parametrizations apply
+        return self._conv_forward(input, self.weight, self.bias, output_size)
+
+    def _conv_forward(
+        self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, output_size: Any = None
+    ) -> torch.Tensor:
+        """torch.nn.ConvXd's own hook point, overridden too, so code that calls it directly is emulated as well."""
         spec = module_spec(self)
         if output_size is not None:
             if not spec.transposed:
                 fail("output_size", output_size, "None", reason="only a transposed convolution takes an output size")
             spec = spec_for_output_size(spec, input, output_size)
-        # self.weight goes through the class's attribute access, so parametrizations apply
-        return run(input, self.weight, self.bias, spec, native_rank=self.native_rank)
+        return run(input, weight, bias, spec, native_rank=self.native_rank)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, native_rank={self.native_rank}"

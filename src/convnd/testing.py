@@ -71,7 +71,8 @@ def assert_equivalent(
     the rounding of a long float32 sum is relative to the sum of its terms' magnitudes, which
     an element that cancels to near zero does not show. ``atol`` covers a whole tensor that
     cancels (the bias gradient of a convolution followed by a normalization is zero, summed
-    from nonzero terms). The defaults suit float32 models with activations of order 1.
+    from nonzero terms). The defaults suit float32 models with activations of order 1; on a GPU,
+    set ``torch.backends.cudnn.allow_tf32 = False`` first, as TF32 rounds each conv shape differently.
 
     Args:
         model: the original model.
