@@ -184,6 +184,33 @@ def test_convnd_nd_lowered(case, make, size, dims, device):
     np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+LAYOUT_CASES = [
+    ("channels_last_flipped", lambda: convnd.Conv3d(3, 4, (2, 3, 2), padding="same", channel_dim=-1, convolution=True),
+     (2, 5, 4, 6, 3)),
+    ("spatial_dims_transposed", lambda: convnd.ConvTranspose2d(3, 2, (3, 2), stride=2, channel_dim=2,
+     spatial_dims=(1, 3)), (2, 4, 3, 5)),
+    ("4d_unbatched_channel_first_axis_flipped", lambda: convnd.ConvNd(3, 2, (2, 2, 1, 2), channel_dim=0,
+     convolution=True), (3, 3, 4, 2, 3)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dims", RANKS)
+@pytest.mark.parametrize(("case", "make", "shape"), LAYOUT_CASES, ids=[c[0] for c in LAYOUT_CASES])
+def test_convnd_layout_and_flip_carry_over(case, make, shape, dims):
+    torch.manual_seed(0)
+    check(make(), torch.randn(shape), dims)
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_output_size_in_the_input_layout(dims):
+    torch.manual_seed(0)
+    module = convnd.ConvTranspose2d(3, 2, 3, stride=2, channel_dim=-1)
+    x = torch.randn(1, 4, 5, 3)
+    emulation = convnd.emulate(module, dims)
+    for size in [(9, 12), (1, 10, 11, 2)]:
+        torch.testing.assert_close(emulation(x, output_size=size), module(x, output_size=size))
+
+
 def test_lowered_gradients_are_exact_in_float64():
     torch.manual_seed(0)
     padding = ((1, 0), (0, 1), (1, 1), (0, 0))

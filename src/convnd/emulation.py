@@ -55,11 +55,14 @@ class Emulation(nn.Module):
     ) -> torch.Tensor:
         """torch.nn.ConvXd's own hook point, overridden too, so code that calls it directly is emulated as well."""
         spec = module_spec(self)
+        # convnd's modules also say where the input's axes are and whether the kernel flips
+        layout = self._layout_keywords(with_flip=False) if isinstance(self, _ConvBase) else {}
+        flip = {"convolution": self.convolution} if isinstance(self, _ConvBase) else {}
         if output_size is not None:
             if not spec.transposed:
                 fail("output_size", output_size, "None", reason="only a transposed convolution takes an output size")
-            spec = spec_for_output_size(spec, input, output_size)
-        return run(input, weight, bias, spec, native_rank=self.native_rank)
+            spec = spec_for_output_size(spec, input, output_size, **layout)
+        return run(input, weight, bias, spec, native_rank=self.native_rank, **layout, **flip)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, native_rank={self.native_rank}"

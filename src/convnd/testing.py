@@ -138,7 +138,8 @@ def _run(
         with record if record is not None else contextlib.nullcontext():
             outputs = model(*inputs)
             floats = [t for t in _pytree.tree_leaves(outputs) if isinstance(t, torch.Tensor) and t.requires_grad]
-            cotangents = [torch.randn_like(t) for t in floats]
+            # by shape, not randn_like: that draws in memory order, and the two models' outputs may have other strides
+            cotangents = [torch.randn(t.shape, dtype=t.dtype, device=t.device) for t in floats]
             wrt = {f"input {i}": t for i, t in enumerate(leaves) if isinstance(t, torch.Tensor) and t.requires_grad}
             wrt.update((name, p) for name, p in model.named_parameters() if p.requires_grad)
             grads = torch.autograd.grad(floats, list(wrt.values()), cotangents, allow_unused=True)
