@@ -5,14 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import onnx
+import onnxruntime
 import pytest
 import torch
 
 import convnd
 from example_models import make
-
-onnx = pytest.importorskip("onnx")
-onnxruntime = pytest.importorskip("onnxruntime")
 
 pytestmark = pytest.mark.slow
 README = Path(__file__).resolve().parents[1] / "README.md"
