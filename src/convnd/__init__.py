@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import reference
 from .animation import animate
+from .emulation import Emulation, emulate
 from .errors import ConvndError, ConvndTypeError, ConvndValueError
 from .explanation import Explanation, explain
 from .functional import conv, conv_transpose
@@ -21,6 +22,7 @@ from .modules import (
     ConvTranspose3d,
     ConvTransposeNd,
 )
+from .rewriting import rewrite
 from .spec import ConvSpec, make_spec
 
 __version__ = "0.1.0"
@@ -38,11 +40,14 @@ __all__ = [
     "ConvndError",
     "ConvndTypeError",
     "ConvndValueError",
+    "Emulation",
     "Explanation",
     "animate",
     "conv",
     "conv_transpose",
+    "emulate",
     "explain",
     "make_spec",
     "reference",
+    "rewrite",
 ]

@@ -23,7 +23,7 @@ from .errors import fail
 from .functional import run
 from .layout import DEFAULT_CHANNEL_DIM, check_keywords, resolve_layout
 from .padding import torch_pad_order
-from .spec import ConvSpec, IntOrTuple, PaddingArg, as_int, as_tuple, make_spec, resolve_kernel
+from .spec import ConvSpec, IntOrTuple, PaddingArg, as_int, as_tuple, make_spec, module_spec, resolve_kernel
 
 
 class _ConvBase(nn.Module):
@@ -120,16 +120,7 @@ class _ConvBase(nn.Module):
     @property
     def spec(self) -> ConvSpec:
         """The validated spec, rebuilt (from a cache) from the attributes, so edits to them take effect."""
-        return make_spec(
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-            self.padding_mode,
-            transposed=self.transposed,
-            output_padding=self.output_padding,
-        )
+        return module_spec(self)
 
     def extra_repr(self) -> str:
         s = "{in_channels}, {out_channels}, kernel_size={kernel_size}, stride={stride}"

@@ -373,6 +373,23 @@ def resolve_kernel(kernel_size: Any, rank: int | None = None, dims: int | None =
     return as_tuple("kernel_size", kernel_size, n, minimum=1)
 
 
+def module_spec(module: Any) -> ConvSpec:
+    """The spec of a convolution module, from the attributes torch.nn's and convnd's modules share.
+
+    Built on every call (from the cache), so edits to the attributes take effect.
+    """
+    return make_spec(
+        module.kernel_size,
+        module.stride,
+        module.padding,
+        module.dilation,
+        module.groups,
+        module.padding_mode,
+        transposed=module.transposed,
+        output_padding=module.output_padding,
+    )
+
+
 def fan_in(in_channels: int, groups: int, kernel: Sequence[int]) -> int:
     """Inputs one output element sums over (used by init and by explain)."""
     return in_channels // groups * math.prod(kernel)
