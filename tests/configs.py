@@ -40,6 +40,11 @@ class Config:
         return tuple(None if t is None else t.to(dtype=dtype, device=device) for t in (x, w, b))
 
 
+def per_dim(dims: int, low: int, high: int) -> st.SearchStrategy[tuple[int, ...]]:
+    """One int in [low, high] per spatial dim."""
+    return st.tuples(*(st.integers(low, high) for _ in range(dims)))
+
+
 def _padding_form(draw: Any, dims: int, stride: tuple[int, ...], torch_forms: bool) -> Any:
     """Draw one padding argument; ``torch_forms`` keeps to what torch itself accepts."""
     forms = ["int", "tuple", "valid"]
@@ -73,13 +78,13 @@ def _size_for(mode: str, window: int, lo: int, hi: int, extra: int) -> int:
 @st.composite
 def configs(
     draw: Any,
-    dims: int | st.SearchStrategy[int] = st.integers(1, 3),
+    dims: int | None = None,
     modes: tuple[str, ...] = MODES,
     torch_forms: bool = False,
     max_extra: int = 3,
 ) -> Config:
-    """A valid random convolution of rank ``dims`` (an int or a strategy)."""
-    n = dims if isinstance(dims, int) else draw(dims)
+    """A valid random convolution of rank ``dims`` (None: 1, 2 or 3)."""
+    n = dims if dims is not None else draw(st.integers(1, 3))
     kernel = tuple(draw(st.integers(1, 3)) for _ in range(n))
     stride = tuple(draw(st.integers(1, 2)) for _ in range(n))
     dilation = tuple(draw(st.integers(1, 2)) for _ in range(n))

@@ -27,9 +27,7 @@ def padded_inputs(draw, max_dims=5, max_lead=3):
     mode = draw(st.sampled_from(MODES))
     lead = draw(st.lists(st.integers(1, 2), min_size=1, max_size=max_lead))
     size = draw(st.lists(st.integers(1, 4), min_size=dims, max_size=dims))
-    pairs = tuple(
-        (draw(st.integers(0, widest(mode, n))), draw(st.integers(0, widest(mode, n)))) for n in size
-    )
+    pairs = tuple((draw(st.integers(0, widest(mode, n))), draw(st.integers(0, widest(mode, n)))) for n in size)
     x = torch.arange(float(np.prod(lead + size))).reshape(*lead, *size)
     return x, pairs, mode
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from configs import configs
 from hypothesis import given
 from hypothesis import strategies as st
 
+from configs import configs, per_dim
 from convnd import reference
 from convnd.padding import torch_pad_order
 
@@ -25,7 +25,7 @@ def torch_conv(x, w, b, cfg):
     return TORCH_CONV[n](xp, w, b, cfg.kwargs["stride"], 0, cfg.kwargs["dilation"], cfg.kwargs["groups"])
 
 
-@given(configs(dims=st.integers(1, 3)))
+@given(configs())
 def test_reference_conv_matches_torch(cfg):
     x, w, b = cfg.tensors()
     if not cfg.batched:
@@ -39,13 +39,9 @@ def test_reference_conv_matches_torch(cfg):
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
-@given(
-    dims=st.integers(1, 3),
-    data=st.data(),
-)
+@given(dims=st.integers(1, 3), data=st.data())
 def test_reference_conv_transpose_matches_torch(dims, data):
-    ints = st.lists(st.integers(1, 3), min_size=dims, max_size=dims)
-    kernel, stride, dilation = data.draw(ints), data.draw(ints), data.draw(ints)
+    kernel, stride, dilation = (data.draw(per_dim(dims, 1, 3)) for _ in range(3))
     padding = [data.draw(st.integers(0, (d * (k - 1)) // 2)) for k, d in zip(kernel, dilation)]
     output_padding = [data.draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation)]
     groups = data.draw(st.integers(1, 2))

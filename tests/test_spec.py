@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from configs import per_dim
 from convnd import ConvndTypeError, ConvndValueError
 from convnd.spec import make_spec, resolve_kernel
 
@@ -103,16 +104,12 @@ def test_same_padding_puts_the_odd_extra_high(kernel, dilation, pairs):
     assert spec.output_size((9,) * len(kernel)) == (9,) * len(kernel)
 
 
-@given(
-    dims=st.integers(1, 5),
-    data=st.data(),
-)
+@given(dims=st.integers(1, 5), data=st.data())
 def test_output_size_matches_the_formula(dims, data):
-    ints = st.lists(st.integers(1, 4), min_size=dims, max_size=dims)
-    kernel, stride, dilation = data.draw(ints), data.draw(ints), data.draw(ints)
-    pairs = data.draw(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), min_size=dims, max_size=dims))
-    size = data.draw(st.lists(st.integers(1, 20), min_size=dims, max_size=dims))
-    spec = make_spec(tuple(kernel), tuple(stride), tuple(pairs), tuple(dilation))
+    kernel, stride, dilation = (data.draw(per_dim(dims, 1, 4)) for _ in range(3))
+    pairs = tuple(zip(data.draw(per_dim(dims, 0, 3)), data.draw(per_dim(dims, 0, 3))))
+    size = data.draw(per_dim(dims, 1, 20))
+    spec = make_spec(kernel, stride, pairs, dilation)
     expected = tuple(
         (n + lo + hi - d * (k - 1) - 1) // s + 1 for n, (lo, hi), d, k, s in zip(size, pairs, dilation, kernel, stride)
     )

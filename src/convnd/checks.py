@@ -14,7 +14,6 @@ from .errors import fail
 from .padding import check_padding_fits
 from .spec import ConvSpec
 
-
 # (spec, input shape, weight shape, bias shape) -> batched, for operands whose shapes passed every
 # check: a forward pass with shapes seen before skips straight to the per-call dtype/device checks.
 _PASSED: dict[tuple[Any, ...], bool] = {}
