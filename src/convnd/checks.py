@@ -67,7 +67,8 @@ def _check_shapes(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
             reason=f"the weight of shape {tuple(weight.shape)} makes this a {n}-d convolution",
         )
     if tuple(weight.shape[2:]) != spec.kernel or weight.dim() != n + 2:
-        fail("weight", weight, f"a tensor with kernel size {spec.kernel} in its last {n} dims", reason="kernel_size")
+        expected = f"a tensor with kernel size {spec.kernel} in its last {n} dims"
+        fail("weight", weight, expected, reason="kernel_size and weight disagree")
     batched = input.dim() == n + 2
     _check_channels(input, batched, weight, spec)
     out_channels = weight.shape[1] * spec.groups if spec.transposed else weight.shape[0]
