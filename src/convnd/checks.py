@@ -104,6 +104,8 @@ def _check_channels(input: torch.Tensor, batched: bool, weight: torch.Tensor, sp
     channel_dim = 1 if batched else 0
     if input.shape[channel_dim] != expected_in:
         how = "weight.shape[0]" if spec.transposed else f"weight.shape[1] * groups = {weight.shape[1]} * {groups}"
+        if not batched:
+            how += f"; a {input.dim()}-dim input to a {spec.dims}-d convolution is unbatched (C_in, *spatial)"
         fail("input", input, f"a tensor with {expected_in} channels in dim {channel_dim}", reason=how)
 
 
