@@ -1,0 +1,74 @@
+"""The public surface: names guarded against accidental removal, and every one documented."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+import convnd
+
+# removing a name from this list is an API break: do it on purpose, with a changelog entry
+PUBLIC = [
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvNd",
+    "ConvSpec",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    "ConvTransposeNd",
+    "ConvndError",
+    "ConvndTypeError",
+    "ConvndValueError",
+    "conv",
+    "conv_transpose",
+    "make_spec",
+    "reference",
+]
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_public_name_is_exported(name):
+    assert name in convnd.__all__
+    assert hasattr(convnd, name)
+
+
+@pytest.mark.parametrize("name", sorted(convnd.__all__))
+def test_every_public_name_has_a_docstring(name):
+    obj = getattr(convnd, name)
+    assert inspect.getdoc(obj), f"convnd.{name} has no docstring"
+    if inspect.isclass(obj):
+        for attr, member in vars(obj).items():
+            if callable(member) and not attr.startswith("_") and attr not in ("forward", "extra_repr"):
+                assert inspect.getdoc(member), f"convnd.{name}.{attr} has no docstring"
+    if inspect.ismodule(obj):
+        for attr, member in vars(obj).items():
+            if inspect.isfunction(member) and not attr.startswith("_") and member.__module__ == obj.__name__:
+                assert inspect.getdoc(member), f"convnd.{name}.{attr} has no docstring"
+
+
+def test_public_signatures():
+    """The issue fixes these signatures: same names, order and defaults as torch's."""
+    assert str(inspect.signature(convnd.conv)) == (
+        "(input: 'torch.Tensor', weight: 'torch.Tensor', bias: 'torch.Tensor | None' = None, "
+        "stride: 'IntOrTuple' = 1, padding: 'PaddingArg' = 0, dilation: 'IntOrTuple' = 1, groups: 'int' = 1, "
+        "padding_mode: 'str' = 'zeros') -> 'torch.Tensor'"
+    )
+    params = list(inspect.signature(convnd.ConvNd).parameters)
+    assert params == [
+        "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
+        "padding_mode", "device", "dtype", "dims",
+    ]  # fmt: skip
+    assert inspect.signature(convnd.ConvNd).parameters["dims"].kind is inspect.Parameter.KEYWORD_ONLY
+    for ours, theirs in [
+        (convnd.Conv1d, torch.nn.Conv1d),
+        (convnd.Conv2d, torch.nn.Conv2d),
+        (convnd.Conv3d, torch.nn.Conv3d),
+    ]:
+        ours_params = inspect.signature(ours).parameters
+        theirs_params = inspect.signature(theirs).parameters
+        assert list(ours_params) == list(theirs_params)
+        assert [p.default for p in ours_params.values()] == [p.default for p in theirs_params.values()]
