@@ -14,9 +14,9 @@ from .errors import fail
 from .padding import check_padding_fits
 from .spec import ConvSpec
 
-# (spec, input shape, weight shape, bias shape) -> batched, for operands whose shapes passed every
-# check: a forward pass with shapes seen before skips straight to the per-call dtype/device checks.
-_PASSED: dict[tuple[Any, ...], bool] = {}
+# (id(spec), input shape, weight shape, bias shape) -> (spec, batched), for operands whose shapes
+# passed every check: a call with shapes seen before skips straight to the dtype/device checks.
+_PASSED: dict[tuple[Any, ...], tuple[ConvSpec, bool]] = {}
 _PASSED_MAX = 4096
 
 
@@ -40,19 +40,19 @@ def check_operands(input: Any, weight: Any, bias: Any, spec: ConvSpec) -> bool:
         input (B, C_in, *spatial) or (C_in, *spatial); weight (C_out, C_in/groups, *kernel),
         or (C_in, C_out/groups, *kernel) when transposed; bias (C_out,).
     """
-    input = check_tensor("input", input)
-    weight = check_tensor("weight", weight)
-    _check_same_kind(input, weight, "weight")
+    dtype, device = check_tensor("input", input).dtype, input.device
+    _check_like(weight, "weight", dtype, device)
     if bias is not None:
-        bias = check_tensor("bias", bias)
-        _check_same_kind(input, bias, "bias")
-    key = (spec, input.shape, weight.shape, None if bias is None else bias.shape)
-    batched = _PASSED.get(key)
-    if batched is None:
-        batched = _check_shapes(input, weight, bias, spec)
-        if len(_PASSED) >= _PASSED_MAX:
-            _PASSED.clear()
-        _PASSED[key] = batched
+        _check_like(bias, "bias", dtype, device)
+    # keyed by id(spec), cheaper than hashing it; the entry holds the spec, so the id stays its own
+    key = (id(spec), input.shape, weight.shape, None if bias is None else bias.shape)
+    passed = _PASSED.get(key)
+    if passed is not None and passed[0] is spec:
+        return passed[1]
+    batched = _check_shapes(input, weight, bias, spec)
+    if len(_PASSED) >= _PASSED_MAX:
+        _PASSED.clear()
+    _PASSED[key] = (spec, batched)
     return batched
 
 
@@ -78,16 +78,20 @@ def _check_shapes(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return batched
 
 
-def _check_same_kind(input: torch.Tensor, other: torch.Tensor, name: str) -> None:
-    if other.dtype != input.dtype:
+def _check_like(other: Any, name: str, dtype: torch.dtype, device: torch.device) -> None:
+    """``other`` must be a tensor of the input's dtype (so floating or complex too) and device."""
+    if not isinstance(other, torch.Tensor):
+        fail(name, other, "a torch.Tensor", kind="type")
+    if other.dtype is not dtype:  # dtypes are singletons
+        check_tensor(name, other)  # an integer tensor is a type error before it is a dtype mix
         reason = "convnd does not mix dtypes"
-        if other.is_complex() != input.is_complex():
+        if other.dtype.is_complex != dtype.is_complex:
             # torch's kernels reject real x complex too; converting the real side keeps every value
-            real, target = ("input", other.dtype) if other.is_complex() else (name, input.dtype)
+            real, target = ("input", other.dtype) if other.dtype.is_complex else (name, dtype)
             reason = f"torch's convolutions do not mix real and complex; convert with {real}.to({target})"
-        fail(name, other, f"a tensor of the input's dtype {input.dtype}", reason=reason)
-    if other.device != input.device:
-        fail(name, other, f"a tensor on the input's device {input.device}", reason=f"it is on {other.device}")
+        fail(name, other, f"a tensor of the input's dtype {dtype}", reason=reason)
+    if other.device != device:
+        fail(name, other, f"a tensor on the input's device {device}", reason=f"it is on {other.device}")
 
 
 def _check_channels(input: torch.Tensor, batched: bool, weight: torch.Tensor, spec: ConvSpec) -> None:

@@ -56,12 +56,12 @@ def run(
 
 def kernel_of(weight: Any) -> tuple[int, ...]:
     """The kernel size a weight implies; its length is the rank."""
-    weight = check_tensor("weight", weight)
-    if weight.dim() < 3:
+    shape = check_tensor("weight", weight).shape
+    if len(shape) < 3:
         fail("weight", weight, "a tensor with at least 3 dims: (C_out, C_in / groups, *kernel)")
-    if 0 in weight.shape:
+    if 0 in shape:
         fail("weight", weight, "a tensor with no zero-sized dim")
-    return tuple(weight.shape[2:])
+    return tuple(shape[2:])
 
 
 def conv(

@@ -276,8 +276,13 @@ def _freeze(value: Any) -> Any:
     if kind is int or kind is str:
         return value
     if isinstance(value, (tuple, list)):
+        if set(map(type, value)) <= _INT_ONLY:  # the common case, checked without a generator
+            return value if kind is tuple else tuple(value)
         return tuple(_freeze(v) for v in value)
     raise _Uncacheable
+
+
+_INT_ONLY = {int}
 
 
 # --- the spec ------------------------------------------------------------------------
@@ -307,12 +312,13 @@ def make_spec(
         >>> make_spec((3, 3, 3, 3), padding="same").padding[0]
         (1, 1)
     """
-    args = (kernel, stride, padding, dilation, groups, padding_mode, transposed, output_padding)
     try:
-        key = (*(_freeze(a) for a in args[:6]), bool(transposed), _freeze(output_padding))
+        return _cached_spec(
+            _freeze(kernel), _freeze(stride), _freeze(padding), _freeze(dilation), _freeze(groups),
+            _freeze(padding_mode), bool(transposed), _freeze(output_padding),
+        )  # fmt: skip
     except _Uncacheable:
-        return _build_spec(*args)
-    return _cached_spec(*key)
+        return _build_spec(kernel, stride, padding, dilation, groups, padding_mode, transposed, output_padding)
 
 
 def _build_spec(
