@@ -24,7 +24,7 @@ import convnd
 WORKLOADS = {
     # name: (input shape, in channels, out channels, kernel); the target differs (absolute vs relative)
     "tiny": ((1, 1, 8, 8), 1, 1, 3),
-    "medium": ((8, 32, 64, 64), 32, 32, 3),
+    "medium": ((4, 16, 32, 32), 16, 16, 3),
 }
 
 
@@ -36,8 +36,8 @@ def per_call(fn: Callable[[], object], calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def measure(name: str, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each contender on one workload."""
+def measure(name: str, rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each contender on one workload, one sample per round."""
     shape, cin, cout, k = WORKLOADS[name]
     x = torch.randn(shape)
     theirs = torch.nn.Conv2d(cin, cout, k, padding=1)
@@ -57,7 +57,7 @@ def measure(name: str, rounds: int) -> dict[str, float]:
         for _ in range(rounds):
             for key, fn in contenders.items():
                 samples[key].append(per_call(fn, calls))
-    return {key: statistics.median(values) for key, values in samples.items()}
+    return samples
 
 
 def main() -> None:
@@ -68,20 +68,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), medians of {args.rounds} interleaved rounds")
     for name in WORKLOADS:
-        t = measure(name, args.rounds)
+        samples = measure(name, args.rounds)
         shape, cin, cout, k = WORKLOADS[name]
         print(f"\n{name}: input {shape}, {cin}->{cout} channels, {k}x{k} kernel, padding 1")
-        for key, seconds in t.items():
-            print(f"  {key:16s} {seconds * 1e6:10.2f} us")
-        conv_extra = t["convnd.conv"] - t["F.conv2d"]
-        module_extra = t["convnd.Conv2d"] - t["torch.nn.Conv2d"]
-        print(f"  convnd.conv   - F.conv2d        = {conv_extra * 1e6:+7.2f} us ({conv_extra / t['F.conv2d']:+.1%})")
-        module_vs_f = t["convnd.Conv2d"] - t["F.conv2d"]
-        print(f"  convnd.Conv2d - F.conv2d        = {module_vs_f * 1e6:+7.2f} us ({module_vs_f / t['F.conv2d']:+.1%})")
-        print(
-            f"  convnd.Conv2d - torch.nn.Conv2d = {module_extra * 1e6:+7.2f} us "
-            f"({module_extra / t['torch.nn.Conv2d']:+.1%})"
-        )
+        print(f"  {'':16s} {'median':>10s} {'min':>10s}")
+        for key, values in samples.items():
+            print(f"  {key:16s} {statistics.median(values) * 1e6:8.2f}us {min(values) * 1e6:8.2f}us")
+        for ours, theirs in [
+            ("convnd.conv", "F.conv2d"),
+            ("convnd.Conv2d", "F.conv2d"),
+            ("convnd.Conv2d", "torch.nn.Conv2d"),
+        ]:
+            parts = []
+            for stat in (statistics.median, min):
+                extra = stat(samples[ours]) - stat(samples[theirs])
+                parts.append(f"{extra * 1e6:+8.2f}us ({extra / stat(samples[theirs]):+6.1%})")
+            print(f"  {ours} - {theirs}: median {parts[0]}, min {parts[1]}")
 
 
 if __name__ == "__main__":

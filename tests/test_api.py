@@ -11,23 +11,10 @@ import convnd
 
 # removing a name from this list is an API break: do it on purpose, with a changelog entry
 PUBLIC = [
-    "Conv1d",
-    "Conv2d",
-    "Conv3d",
-    "ConvNd",
-    "ConvSpec",
-    "ConvTranspose1d",
-    "ConvTranspose2d",
-    "ConvTranspose3d",
-    "ConvTransposeNd",
-    "ConvndError",
-    "ConvndTypeError",
-    "ConvndValueError",
-    "conv",
-    "conv_transpose",
-    "make_spec",
+    "Conv1d", "Conv2d", "Conv3d", "ConvNd", "ConvSpec", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
+    "ConvTransposeNd", "ConvndError", "ConvndTypeError", "ConvndValueError", "conv", "conv_transpose", "make_spec",
     "reference",
-]
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", PUBLIC)
