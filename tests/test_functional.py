@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import convnd
@@ -30,6 +30,7 @@ def oracle(cfg: Config, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
 # --- bit-exact parity with torch for N <= 3 ------------------------------------------------
 
 
+@settings(max_examples=200)  # about 50 per dtype
 @given(cfg=configs(modes=("zeros",), torch_forms=True), dtype=st.sampled_from(DTYPES))
 def test_conv_is_bit_identical_to_torch_functional(cfg, dtype, device):
     x, w, b = cfg.tensors(dtype, device)
@@ -40,6 +41,7 @@ def test_conv_is_bit_identical_to_torch_functional(cfg, dtype, device):
     assert torch.equal(got, expected)
 
 
+@settings(max_examples=120)
 @given(cfg=configs(torch_forms=True), dtype=st.sampled_from([torch.float32, torch.float64]))
 def test_modules_are_bit_identical_to_torch_modules(cfg, dtype, device):
     """Every padding_mode, with torch.nn.ConvXd's own weights loaded into convnd's module."""
@@ -75,9 +77,10 @@ def test_gradients_are_bit_identical_to_torch(dims, mode, device):
 
 
 @pytest.mark.parametrize("dims", [1, 2, 3, 4, 5])
+@settings(max_examples=100)
 @given(data=st.data())
 def test_conv_matches_reference(dims, data, device):
-    """All padding forms (asymmetric pairs too) and modes, groups, stride, dilation, unbatched: 60 configs per rank."""
+    """All padding forms (asymmetric pairs too) and modes, groups, stride, dilation, unbatched: 100 configs per rank."""
     cfg = data.draw(configs(dims=dims, max_extra=2 if dims > 3 else 3))
     x, w, b = cfg.tensors(torch.float64, device)
     got = convnd.conv(x, w, b, **cfg.kwargs)
@@ -92,6 +95,20 @@ def test_non_contiguous_operands(dims, device):
     got = convnd.conv(x, w, padding=1, padding_mode="reflect")
     expected = reference.conv(x.cpu(), w.cpu(), padding=((1, 1),) * dims, padding_mode="reflect")
     np.testing.assert_allclose(got.cpu().numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 5e-2), (torch.float16, 5e-3)])
+@pytest.mark.parametrize("dims", [4, 5])
+def test_low_precision_past_three_dims(dims, dtype, tolerance, device):
+    """Lowered convolutions keep the operands' dtype and stay within that dtype's rounding of the definition."""
+    kwargs = {"padding": 1, "groups": 2, "padding_mode": "circular", "stride": (1,) * dims, "dilation": (1,) * dims}
+    cfg = Config((2, 4, *(4,) * dims), (4, 2, *(2,) * dims), True, kwargs, ((1, 1),) * dims)
+    x, w, b = cfg.tensors(dtype, device)
+    got = convnd.conv(x, w, b, **cfg.kwargs)
+    assert got.dtype == dtype
+    expected = oracle(cfg, *(t.cpu().double() for t in (x, w, b)))  # the definition on the rounded operands
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(got.double().cpu().numpy(), expected, rtol=0, atol=tolerance * scale)
 
 
 # --- gradients past 3 dims ---------------------------------------------------------------------
