@@ -110,7 +110,8 @@ def _check_channels(input: torch.Tensor, batched: bool, weight: torch.Tensor, sp
         how = "weight.shape[0]" if spec.transposed else f"weight.shape[1] * groups = {weight.shape[1]} * {groups}"
         if not batched:
             how += f"; a {input.dim()}-dim input to a {spec.dims}-d convolution is unbatched (C_in, *spatial)"
-        fail("input", input, f"a tensor with {expected_in} channels in dim {channel_dim}", reason=how)
+        channels = "1 channel" if expected_in == 1 else f"{expected_in} channels"
+        fail("input", input, f"a tensor with {channels} in dim {channel_dim}", reason=how)
 
 
 def _check_spatial(input: torch.Tensor, spec: ConvSpec) -> None:
