@@ -41,6 +41,15 @@ def run(
         convolution: flip the kernel over its spatial dims (true convolution); the flip is
             part of the autograd graph and leaves ``weight`` itself untouched.
     """
+    if (
+        convolution is False
+        and spatial_dims is None
+        and type(channel_dim) is int
+        and channel_dim == DEFAULT_CHANNEL_DIM
+    ):
+        # torch's own layout and no flip, the common case: nothing to resolve or move, so skip it
+        check_operands(input, weight, bias, spec)
+        return execute(input, weight, bias, spec, plan(spec, native_rank))
     input = check_tensor("input", input)
     layout = resolve_layout(input.dim(), spec.dims, channel_dim, spatial_dims)
     if not isinstance(convolution, bool):
