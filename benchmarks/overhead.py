@@ -22,9 +22,10 @@ import torch.nn.functional as F
 import convnd
 
 WORKLOADS = {
-    # name: (input shape, in channels, out channels, kernel); the target differs (absolute vs relative)
+    # name: (input shape, in channels, out channels, kernel)
     "tiny": ((1, 1, 8, 8), 1, 1, 3),
-    "medium": ((4, 16, 32, 32), 16, 16, 3),
+    "small": ((4, 16, 32, 32), 16, 16, 3),
+    "medium": ((8, 32, 32, 32), 32, 32, 3),
 }
 
 
