@@ -86,7 +86,7 @@ def test_png_is_a_contact_sheet(tmp_path):
     [
         ("Conv2d(1, 1, 3)", (1, 1, 5, 5), "x.mp4", "--output must be a file name ending in .gif"),
         ("Conv2d(1, 1, 3)", (1, 1, 5, 200), "x.gif", "--input must be small enough to draw"),
-        ("Conv2d(1, 1, 3)", (1, 2, 5, 5), "x.gif", "input must be 1 channels"),
+        ("Conv2d(1, 1, 3)", (1, 2, 5, 5), "x.gif", "input must be a tensor with 1 channel in dim 1"),
     ],
 )
 def test_refusals(spec, shape, output, message, tmp_path):

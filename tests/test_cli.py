@@ -71,7 +71,7 @@ def test_animate_writes_a_gif(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["explain", "nn.Conv2d(3, 8, 3)", "--input", "1,4,5,5"], "input must be 3 channels"),
+        (["explain", "nn.Conv2d(3, 8, 3)", "--input", "1,4,5,5"], "input must be a tensor with 3 channels"),
         (["explain", "nn.Conv2d(3, 8, 3)", "--input", "1,3,5,5,5"], "input must be a tensor with 3 (unbatched)"),
         (["explain", "nn.Conv2d(3, 8, 3, stride=0)", "--input", "1,3,5,5"], "stride must be"),
         (["explain", "nn.Conv2d(3, 8, lambda: 3)", "--input", "1,3,5,5"], "is not a literal"),

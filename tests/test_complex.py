@@ -88,22 +88,22 @@ MIXING = [
         torch.float32,
         torch.complex64,
         "weight",
-        "weight must be of the input's dtype torch.float32, got a tensor of shape (3, 2, 3, 3) and dtype "
+        "weight must be a tensor of the input's dtype torch.float32, got a tensor of shape (3, 2, 3, 3) and dtype "
         "torch.complex64 (torch's convolutions do not mix real and complex; convert with input.to(torch.complex64))",
     ),
     (
         torch.complex128,
         torch.float64,
         "weight",
-        "weight must be of the input's dtype torch.complex128, got a tensor of shape (3, 2, 3, 3) and dtype "
+        "weight must be a tensor of the input's dtype torch.complex128, got a tensor of shape (3, 2, 3, 3) and dtype "
         "torch.float64 (torch's convolutions do not mix real and complex; convert with weight.to(torch.complex128))",
     ),
     (
         torch.complex64,
         torch.float32,
         "bias",
-        "bias must be of the input's dtype torch.complex64, got a tensor of shape (3,) and dtype torch.float32 "
-        "(torch's convolutions do not mix real and complex; convert with bias.to(torch.complex64))",
+        "bias must be a tensor of the input's dtype torch.complex64, got a tensor of shape (3,) and dtype "
+        "torch.float32 (torch's convolutions do not mix real and complex; convert with bias.to(torch.complex64))",
     ),
 ]
 

@@ -143,9 +143,13 @@ def test_tapsum_recipe_counts_the_native_calls_lowering_makes(monkeypatch):
 @pytest.mark.parametrize(
     ("spec", "shape", "message"),
     [
-        ("nn.Conv2d(3, 8, 3)", (1, 4, 5, 5), "input must be 3 channels (weight.shape[1] * groups = 3 * 1), got 4"),
+        (
+            "nn.Conv2d(3, 8, 3)",
+            (1, 4, 5, 5),
+            "input must be a tensor with 3 channels in dim 1, got a tensor of shape (1, 4, 5, 5)",
+        ),
         ("nn.Conv2d(3, 8, 3)", (1, 3, 5, 5, 5), "input must be a tensor with 3 (unbatched) or 4 (batched) dims"),
-        ("nn.Conv2d(3, 8, 3)", (1, 3, 2, 5), "input must be at least 3 in spatial dim 0 after padding"),
+        ("nn.Conv2d(3, 8, 3)", (1, 3, 2, 5), "input must be a tensor of size >= 3 in spatial dim 0 after padding"),
         ("nn.Conv2d(3, 8, 3, groups=2)", (1, 3, 5, 5), "in_channels must be divisible by groups=2"),
         ("nn.Conv2d(3, 8, 3, stride=2, padding='same')", (1, 3, 5, 5), "'same' needs stride 1"),
     ],

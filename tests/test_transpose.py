@@ -358,7 +358,8 @@ ERRORS = [
     ),
     (
         lambda: convnd.conv_transpose(torch.randn(1, 3, 5, 5), W2),
-        "input must be 4 channels (weight.shape[0]), got 3 (channel count of the input)",
+        "input must be a tensor with 4 channels in dim 1, got a tensor of shape (1, 3, 5, 5) and dtype torch.float32 "
+        "(weight.shape[0])",
     ),
     (
         lambda: convnd.conv_transpose(X2, W2, groups=3),

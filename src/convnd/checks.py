@@ -14,12 +14,18 @@ from .errors import fail
 from .padding import check_padding_fits
 from .spec import ConvSpec
 
+# (id(spec), input shape, weight shape, bias shape) -> (spec, batched), for operands whose shapes
+# passed every check: a call with shapes seen before skips straight to the dtype/device checks.
+_PASSED: dict[tuple[Any, ...], tuple[ConvSpec, bool]] = {}
+_PASSED_MAX = 4096
+
 
 def check_tensor(name: str, value: Any) -> torch.Tensor:
     """``value`` must be a floating or complex tensor."""
     if not isinstance(value, torch.Tensor):
         fail(name, value, "a torch.Tensor", kind="type")
-    if not (value.is_floating_point() or value.is_complex()):
+    dtype = value.dtype
+    if not (dtype.is_floating_point or dtype.is_complex):
         fail(name, value, "a floating-point or complex tensor", kind="type")
     return value
 
@@ -27,12 +33,31 @@ def check_tensor(name: str, value: Any) -> torch.Tensor:
 def check_operands(input: Any, weight: Any, bias: Any, spec: ConvSpec) -> bool:
     """Validate input, weight and bias for ``spec``; return whether the input is batched.
 
+    Types, dtypes and devices are checked on every call; shapes once per distinct
+    (spec, shapes) combination, since they alone decide the outcome of those checks.
+
     Shape:
         input (B, C_in, *spatial) or (C_in, *spatial); weight (C_out, C_in/groups, *kernel),
         or (C_in, C_out/groups, *kernel) when transposed; bias (C_out,).
     """
-    input = check_tensor("input", input)
-    weight = check_tensor("weight", weight)
+    dtype, device = check_tensor("input", input).dtype, input.device
+    _check_like(weight, "weight", dtype, device)
+    if bias is not None:
+        _check_like(bias, "bias", dtype, device)
+    # keyed by id(spec), cheaper than hashing it; the entry holds the spec, so the id stays its own
+    key = (id(spec), input.shape, weight.shape, None if bias is None else bias.shape)
+    passed = _PASSED.get(key)
+    if passed is not None and passed[0] is spec:
+        return passed[1]
+    batched = _check_shapes(input, weight, bias, spec)
+    if len(_PASSED) >= _PASSED_MAX:
+        _PASSED.clear()
+    _PASSED[key] = (spec, batched)
+    return batched
+
+
+def _check_shapes(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec) -> bool:
+    """The shape checks of :func:`check_operands`; returns whether the input is batched."""
     n = spec.dims
     if input.dim() not in (n + 1, n + 2):
         fail(
@@ -41,36 +66,37 @@ def check_operands(input: Any, weight: Any, bias: Any, spec: ConvSpec) -> bool:
             f"a tensor with {n + 1} (unbatched) or {n + 2} (batched) dims",
             reason=f"the weight of shape {tuple(weight.shape)} makes this a {n}-d convolution",
         )
-    _check_same_kind(input, weight, "weight")
+    if tuple(weight.shape[2:]) != spec.kernel or weight.dim() != n + 2:
+        expected = f"a tensor with kernel size {spec.kernel} in its last {n} dims"
+        fail("weight", weight, expected, reason="kernel_size and weight disagree")
     batched = input.dim() == n + 2
-    channels = input.shape[1 if batched else 0]
-    _check_channels(channels, weight, spec)
+    _check_channels(input, batched, weight, spec)
     out_channels = weight.shape[1] * spec.groups if spec.transposed else weight.shape[0]
-    if bias is not None:
-        bias = check_tensor("bias", bias)
-        _check_same_kind(input, bias, "bias")
-        if tuple(bias.shape) != (out_channels,):
-            fail("bias", bias, f"a tensor of shape ({out_channels},)", reason="one value per output channel")
-    spatial = tuple(input.shape[-n:])
-    _check_spatial(spatial, spec)
+    if bias is not None and tuple(bias.shape) != (out_channels,):
+        fail("bias", bias, f"a tensor of shape ({out_channels},)", reason="one value per output channel")
+    _check_spatial(input, spec)
     return batched
 
 
-def _check_same_kind(input: torch.Tensor, other: torch.Tensor, name: str) -> None:
-    if other.dtype != input.dtype:
+def _check_like(other: Any, name: str, dtype: torch.dtype, device: torch.device) -> None:
+    """``other`` must be a tensor of the input's dtype (so floating or complex too) and device."""
+    if not isinstance(other, torch.Tensor):
+        fail(name, other, "a torch.Tensor", kind="type")
+    if other.dtype is not dtype:  # dtypes are singletons
+        check_tensor(name, other)  # an integer tensor is a type error before it is a dtype mix
         reason = "convnd does not mix dtypes"
-        if other.is_complex() != input.is_complex():
+        if other.dtype.is_complex != dtype.is_complex:
             # torch's kernels reject real x complex too; converting the real side keeps every value
-            real, target = ("input", other.dtype) if other.is_complex() else (name, input.dtype)
+            real, target = ("input", other.dtype) if other.dtype.is_complex else (name, dtype)
             reason = f"torch's convolutions do not mix real and complex; convert with {real}.to({target})"
-        fail(name, other, f"of the input's dtype {input.dtype}", reason=reason)
-    if other.device != input.device:
-        fail(name, other, f"on the input's device {input.device}", reason=f"it is on {other.device}")
+        fail(name, other, f"a tensor of the input's dtype {dtype}", reason=reason)
+    if other.device != device:
+        fail(name, other, f"a tensor on the input's device {device}", reason=f"it is on {other.device}")
 
 
-def _check_channels(channels: int, weight: torch.Tensor, spec: ConvSpec) -> None:
+def _check_channels(input: torch.Tensor, batched: bool, weight: torch.Tensor, spec: ConvSpec) -> None:
     groups = spec.groups
-    if any(k == 0 for k in weight.shape[2:]) or weight.shape[0] == 0 or weight.shape[1] == 0:
+    if 0 in weight.shape:
         fail("weight", weight, "a tensor with no zero-sized dim")
     if spec.transposed:
         expected_in, per_group_out = weight.shape[0], weight.shape[0]
@@ -79,14 +105,19 @@ def _check_channels(channels: int, weight: torch.Tensor, spec: ConvSpec) -> None
     if per_group_out % groups:
         dim = "in_channels (weight.shape[0])" if spec.transposed else "out_channels (weight.shape[0])"
         fail("groups", groups, f"a divisor of {dim} = {weight.shape[0]}")
-    if channels != expected_in:
+    channel_dim = 1 if batched else 0
+    if input.shape[channel_dim] != expected_in:
         how = "weight.shape[0]" if spec.transposed else f"weight.shape[1] * groups = {weight.shape[1]} * {groups}"
-        fail("input", channels, f"{expected_in} channels ({how})", reason="channel count of the input")
+        if not batched:
+            how += f"; a {input.dim()}-dim input to a {spec.dims}-d convolution is unbatched (C_in, *spatial)"
+        channels = "1 channel" if expected_in == 1 else f"{expected_in} channels"
+        fail("input", input, f"a tensor with {channels} in dim {channel_dim}", reason=how)
 
 
-def _check_spatial(spatial: tuple[int, ...], spec: ConvSpec) -> None:
-    if any(size == 0 for size in spatial):
-        fail("input", spatial, "spatial sizes >= 1")
+def _check_spatial(input: torch.Tensor, spec: ConvSpec) -> None:
+    spatial = tuple(input.shape[input.dim() - spec.dims :])
+    if 0 in spatial:
+        fail("input", input, f"a tensor whose last {spec.dims} (spatial) sizes are all >= 1")
     if spec.transposed:
         out = spec.output_size(spatial)
         if any(o < 1 for o in out):
@@ -102,7 +133,7 @@ def _check_spatial(spatial: tuple[int, ...], spec: ConvSpec) -> None:
         if size + lo + hi < window:
             fail(
                 "input",
-                spatial,
-                f"at least {window} in spatial dim {axis} after padding (the dilated kernel's extent)",
-                reason=f"size {size} + padding {lo}+{hi} is smaller than the kernel",
+                input,
+                f"a tensor of size >= {window} in spatial dim {axis} after padding (the dilated kernel's extent)",
+                reason=f"size {size} + padding {lo} + {hi} = {size + lo + hi}",
             )

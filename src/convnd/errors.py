@@ -27,7 +27,10 @@ def describe(value: Any) -> str:
     shape = getattr(value, "shape", None)
     dtype = getattr(value, "dtype", None)
     if shape is not None and dtype is not None:
-        return f"a tensor of shape {tuple(shape)} and dtype {dtype}"
+        # name foreign arrays (numpy) by their type, so "must be a torch.Tensor" reads right
+        kind = type(value)
+        kind = "tensor" if kind.__module__.startswith("torch") else f"{kind.__module__}.{kind.__qualname__}"
+        return f"a {kind} of shape {tuple(shape)} and dtype {dtype}"
     return repr(value)
 
 

@@ -117,6 +117,7 @@ class Explanation:
     other_ranks: tuple[Recipe, ...]
 
     def to_dict(self) -> dict[str, Any]:
+        """The explanation as plain dicts and lists (``dataclasses.asdict``), ready for JSON."""
         return asdict(self)
 
     def __str__(self) -> str:

@@ -41,6 +41,15 @@ def run(
         convolution: flip the kernel over its spatial dims (true convolution); the flip is
             part of the autograd graph and leaves ``weight`` itself untouched.
     """
+    if (
+        convolution is False
+        and spatial_dims is None
+        and type(channel_dim) is int
+        and channel_dim == DEFAULT_CHANNEL_DIM
+    ):
+        # torch's own layout and no flip, the common case: nothing to resolve or move, so skip it
+        check_operands(input, weight, bias, spec)
+        return execute(input, weight, bias, spec, plan(spec, native_rank))
     input = check_tensor("input", input)
     layout = resolve_layout(input.dim(), spec.dims, channel_dim, spatial_dims)
     if not isinstance(convolution, bool):
@@ -56,12 +65,12 @@ def run(
 
 def kernel_of(weight: Any) -> tuple[int, ...]:
     """The kernel size a weight implies; its length is the rank."""
-    weight = check_tensor("weight", weight)
-    if weight.dim() < 3:
+    shape = check_tensor("weight", weight).shape
+    if len(shape) < 3:
         fail("weight", weight, "a tensor with at least 3 dims: (C_out, C_in / groups, *kernel)")
-    if 0 in weight.shape:
+    if 0 in shape:
         fail("weight", weight, "a tensor with no zero-sized dim")
-    return tuple(weight.shape[2:])
+    return tuple(shape[2:])
 
 
 def conv(

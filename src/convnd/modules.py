@@ -25,6 +25,11 @@ from .layout import DEFAULT_CHANNEL_DIM, check_keywords, resolve_layout
 from .padding import torch_pad_order
 from .spec import ConvSpec, IntOrTuple, PaddingArg, as_int, as_tuple, make_spec, module_spec, resolve_kernel
 
+# the attributes a module's spec is built from; assigning one invalidates the kept spec
+_SPEC_ATTRIBUTES = frozenset(
+    ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode", "transposed", "output_padding")
+)
+
 
 class _ConvBase(nn.Module):
     """Shared state and behaviour of every convnd convolution module (see module docstring)."""
@@ -117,10 +122,22 @@ class _ConvBase(nn.Module):
         """The number of spatial dims this module convolves."""
         return len(self.kernel_size)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in _SPEC_ATTRIBUTES:
+            self.__dict__.pop("_spec", None)  # rebuilt (and validated) on the next forward
+
     @property
     def spec(self) -> ConvSpec:
-        """The validated spec, rebuilt (from a cache) from the attributes, so edits to them take effect."""
-        return module_spec(self)
+        """The validated spec of the current attributes: assigning any of them takes effect on the next call.
+
+        Kept between calls (rebuilding it would cost more than torch's own per-call overhead) and
+        dropped whenever one of the attributes it is built from is assigned.
+        """
+        spec = self.__dict__.get("_spec")
+        if spec is None:
+            spec = self.__dict__["_spec"] = module_spec(self)
+        return spec
 
     def extra_repr(self) -> str:
         s = "{in_channels}, {out_channels}, kernel_size={kernel_size}, stride={stride}"

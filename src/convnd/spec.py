@@ -175,15 +175,19 @@ def as_tuple(name: str, value: Any, dims: int, *, minimum: int) -> tuple[int, ..
     if isinstance(value, (str, bytes)) or not (hasattr(value, "__index__") or isinstance(value, Sequence)):
         fail(name, value, expected, kind="type")
     if not isinstance(value, Sequence):
-        return (as_int(name, value, minimum=minimum),) * dims
+        return (_int_in(name, value, value, expected, minimum),) * dims
     if len(value) != dims:
         fail(name, tuple(value), expected, reason=f"the convolution has {dims} spatial dims")
-    for item in value:
-        if isinstance(item, bool) or not hasattr(item, "__index__"):
-            fail(name, tuple(value), expected, kind="type")
-        if operator.index(item) < minimum:
-            fail(name, tuple(value), expected)
-    return tuple(operator.index(item) for item in value)
+    return tuple(_int_in(name, item, tuple(value), expected, minimum) for item in value)
+
+
+def _int_in(name: str, item: Any, whole: Any, expected: str, minimum: int) -> int:
+    """``item`` (part of the argument ``whole``) as an int >= minimum; messages show ``whole``."""
+    if isinstance(item, bool) or not hasattr(item, "__index__"):
+        fail(name, whole, expected, kind="type")
+    if operator.index(item) < minimum:
+        fail(name, whole, expected)
+    return operator.index(item)
 
 
 def resolve_padding(
@@ -214,8 +218,8 @@ def resolve_padding(
             fail(
                 "padding",
                 padding,
-                "an int or tuple when stride is not 1",
-                reason=f"'same' needs stride 1, got stride={stride}",
+                "an int, a tuple or 'valid' when stride is not 1",
+                reason=f"'same' needs stride 1 in every dim, got stride={stride}",
             )
         totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
         return tuple((t // 2, t - t // 2) for t in totals), "same"
@@ -231,7 +235,7 @@ def resolve_padding(
         symmetric = as_tuple("padding", padding, dims, minimum=0)
         return tuple((p, p) for p in symmetric), symmetric
     if not isinstance(padding, Sequence):
-        p = as_int("padding", padding, minimum=0)
+        p = _int_in("padding", padding, padding, expected, 0)
         return ((p, p),) * dims, (p,) * dims
     if len(padding) != dims:
         fail("padding", tuple(padding), expected, reason=f"the convolution has {dims} spatial dims")
@@ -245,18 +249,10 @@ def _as_pair(entry: Any, padding: Any, expected: str) -> tuple[int, int]:
     if isinstance(entry, Sequence) and not isinstance(entry, str):
         if len(entry) != 2:
             fail("padding", _plain(padding), expected, reason=f"entry {_plain(entry)} is not a (low, high) pair")
-        lo, hi = (_pad_int(e, padding, expected) for e in entry)
+        lo, hi = (_int_in("padding", e, _plain(padding), expected, 0) for e in entry)
         return lo, hi
-    p = _pad_int(entry, padding, expected)
+    p = _int_in("padding", entry, _plain(padding), expected, 0)
     return p, p
-
-
-def _pad_int(value: Any, padding: Any, expected: str) -> int:
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        fail("padding", _plain(padding), expected, kind="type")
-    if operator.index(value) < 0:
-        fail("padding", _plain(padding), expected, reason="padding cannot be negative")
-    return operator.index(value)
 
 
 def _plain(value: Any) -> Any:
@@ -266,11 +262,27 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class _Uncacheable(Exception):
+    """An argument with a leaf that is not exactly an int or a str: validate it without the cache."""
+
+
 def _freeze(value: Any) -> Any:
-    """A hashable stand-in for an argument (lists become tuples) so specs can be cached."""
-    if isinstance(value, (list, tuple)):
+    """A cache key for an argument: lists become tuples; leaves must be exactly int or str.
+
+    Why exact types: ``1.0 == True == 1`` hash alike, so a cache keyed on the raw values
+    would hand back the spec of ``stride=1`` for ``stride=1.0`` and skip its validation.
+    """
+    kind = type(value)
+    if kind is int or kind is str:
+        return value
+    if isinstance(value, (tuple, list)):
+        if set(map(type, value)) <= _INT_ONLY:  # the common case, checked without a generator
+            return value if kind is tuple else tuple(value)
         return tuple(_freeze(v) for v in value)
-    return value
+    raise _Uncacheable
+
+
+_INT_ONLY = {int}
 
 
 # --- the spec ------------------------------------------------------------------------
@@ -300,12 +312,13 @@ def make_spec(
         >>> make_spec((3, 3, 3, 3), padding="same").padding[0]
         (1, 1)
     """
-    args = (_freeze(kernel), _freeze(stride), _freeze(padding), _freeze(dilation), groups, padding_mode, transposed)
     try:
-        hash((*args, _freeze(output_padding)))
-    except TypeError:
-        return _build_spec(*args, _freeze(output_padding))
-    return _cached_spec(*args, _freeze(output_padding))
+        return _cached_spec(
+            _freeze(kernel), _freeze(stride), _freeze(padding), _freeze(dilation), _freeze(groups),
+            _freeze(padding_mode), bool(transposed), _freeze(output_padding),
+        )  # fmt: skip
+    except _Uncacheable:
+        return _build_spec(kernel, stride, padding, dilation, groups, padding_mode, transposed, output_padding)
 
 
 def _build_spec(
@@ -325,7 +338,8 @@ def _build_spec(
     groups = as_int("groups", groups, minimum=1)
     pairs, native = resolve_padding(padding, kernel, stride, dilation, transposed)
     if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
-        fail("padding_mode", padding_mode, "one of " + ", ".join(repr(m) for m in PADDING_MODES))
+        kind = "value" if isinstance(padding_mode, str) else "type"
+        fail("padding_mode", padding_mode, "one of " + ", ".join(repr(m) for m in PADDING_MODES), kind=kind)
     if transposed and padding_mode != "zeros":
         fail("padding_mode", padding_mode, "'zeros'", reason="a transposed convolution pads only with zeros, as torch")
     out_pad = as_tuple("output_padding", output_padding, dims, minimum=0)

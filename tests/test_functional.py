@@ -1,0 +1,209 @@
+"""convnd.conv: bit-exact against torch for N <= 3, against the reference for N = 1..5, gradients, edge values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import convnd
+from configs import MODES, Config, configs
+from convnd import reference
+
+TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+TORCH_MODULES = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
+CONVND_MODULES = {1: convnd.Conv1d, 2: convnd.Conv2d, 3: convnd.Conv3d}
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+def oracle(cfg: Config, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> np.ndarray:
+    """convnd.reference for a config, unbatched inputs handled as a batch of one."""
+    xb = x if cfg.batched else x.unsqueeze(0)
+    k = cfg.kwargs
+    y = reference.conv(xb, w, b, k["stride"], cfg.pairs, k["dilation"], k["groups"], k["padding_mode"])
+    return y if cfg.batched else y[0]
+
+
+# --- bit-exact parity with torch for N <= 3 ------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")  # torch's own, for both calls
+@settings(max_examples=200)  # about 50 per dtype
+@given(cfg=configs(modes=("zeros",), torch_forms=True), dtype=st.sampled_from(DTYPES))
+def test_conv_is_bit_identical_to_torch_functional(cfg, dtype, device):
+    x, w, b = cfg.tensors(dtype, device)
+    k = cfg.kwargs
+    expected = TORCH_CONV[w.dim() - 2](x, w, b, k["stride"], k["padding"], k["dilation"], k["groups"])
+    got = convnd.conv(x, w, b, **k)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    assert torch.equal(got, expected)
+
+
+@settings(max_examples=120)
+@given(cfg=configs(torch_forms=True), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_modules_are_bit_identical_to_torch_modules(cfg, dtype, device):
+    """Every padding_mode, with torch.nn.ConvXd's own weights loaded into convnd's module."""
+    k = cfg.kwargs
+    n = len(cfg.weight_shape) - 2
+    cin, cout = cfg.input_shape[-n - 1], cfg.weight_shape[0]
+    args = (cin, cout, cfg.weight_shape[2:])
+    kwargs = {**k, "bias": cfg.bias, "device": device, "dtype": dtype}
+    theirs, ours = TORCH_MODULES[n](*args, **kwargs), CONVND_MODULES[n](*args, **kwargs)
+    ours.load_state_dict(theirs.state_dict())
+    x = cfg.tensors(dtype, device)[0]
+    assert torch.equal(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_gradients_are_bit_identical_to_torch(dims, mode, device):
+    theirs = TORCH_MODULES[dims](4, 6, 3, stride=2, padding=1, dilation=1, groups=2, padding_mode=mode)
+    theirs = theirs.to(device)
+    ours = CONVND_MODULES[dims](4, 6, 3, stride=2, padding=1, dilation=1, groups=2, padding_mode=mode).to(device)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 4, *(5,) * dims, device=device)
+    grads = []
+    for module in (theirs, ours):
+        xi = x.clone().requires_grad_()
+        module(xi).square().sum().backward()
+        grads.append((xi.grad, module.weight.grad, module.bias.grad))
+    for theirs_grad, ours_grad in zip(*grads):
+        assert torch.equal(theirs_grad, ours_grad)
+
+
+# --- agreement with the reference for N = 1..5 --------------------------------------------
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3, 4, 5])
+@settings(max_examples=100)
+@given(data=st.data())
+def test_conv_matches_reference(dims, data, device):
+    """All padding forms (asymmetric pairs too) and modes, groups, stride, dilation, unbatched: 100 configs per rank."""
+    cfg = data.draw(configs(dims=dims, max_extra=2 if dims > 3 else 3))
+    x, w, b = cfg.tensors(torch.float64, device)
+    got = convnd.conv(x, w, b, **cfg.kwargs)
+    np.testing.assert_allclose(got.cpu().numpy(), oracle(cfg, x.cpu(), w.cpu(), b), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dims", [4, 5])
+def test_non_contiguous_operands(dims, device):
+    x = torch.randn(*(4,) * dims, 2, 3, dtype=torch.float64, device=device).movedim((-1, -2), (0, 1))
+    w = torch.randn(*(2,) * dims, 2, 5, dtype=torch.float64, device=device).movedim((-1, -2), (0, 1))
+    assert not x.is_contiguous() and not w.is_contiguous()
+    got = convnd.conv(x, w, padding=1, padding_mode="reflect")
+    expected = reference.conv(x.cpu(), w.cpu(), padding=((1, 1),) * dims, padding_mode="reflect")
+    np.testing.assert_allclose(got.cpu().numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 5e-2), (torch.float16, 5e-3)])
+@pytest.mark.parametrize("dims", [4, 5])
+def test_low_precision_past_three_dims(dims, dtype, tolerance, device):
+    """Lowered convolutions keep the operands' dtype and stay within that dtype's rounding of the definition."""
+    kwargs = {"padding": 1, "groups": 2, "padding_mode": "circular", "stride": (1,) * dims, "dilation": (1,) * dims}
+    cfg = Config((2, 4, *(4,) * dims), (4, 2, *(2,) * dims), True, kwargs, ((1, 1),) * dims)
+    x, w, b = cfg.tensors(dtype, device)
+    got = convnd.conv(x, w, b, **cfg.kwargs)
+    assert got.dtype == dtype
+    expected = oracle(cfg, *(t.cpu().double() for t in (x, w, b)))  # the definition on the rounded operands
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(got.double().cpu().numpy(), expected, rtol=0, atol=tolerance * scale)
+
+
+# --- gradients past 3 dims ---------------------------------------------------------------------
+
+GRADCHECK_CASES = [
+    # (input shape, weight shape, keyword arguments)
+    ((1, 2, 3, 3, 3, 3), (2, 2, 2, 2, 2, 2), {}),
+    ((2, 2, 5, 3, 4, 3), (2, 1, 2, 1, 2, 2), {"stride": (2, 1, 2, 1), "dilation": (2, 1, 1, 2), "groups": 2}),
+    ((1, 2, 4, 3, 3, 4), (4, 1, 2, 2, 1, 2), {"padding": ((1, 0), 1, (0, 2), 1), "groups": 2}),
+    ((1, 2, 4, 3, 3, 4), (2, 2, 2, 2, 2, 2), {"padding": 1, "padding_mode": "reflect", "stride": 2, "dilation": 1}),
+    ((2, 4, 3, 4, 3, 4), (2, 2, 3, 2, 2, 2), {"padding": "same", "padding_mode": "circular", "groups": 2}),
+    ((3, 3, 4, 3, 3), (1, 3, 2, 2, 2, 2), {"padding": (1, 0, 1, 0), "padding_mode": "replicate"}),  # unbatched
+    ((1, 2, 3, 2, 3, 2, 3), (2, 2, 2, 1, 2, 1, 2), {"padding": 1}),
+    ((1, 2, 4, 3, 3, 2, 4), (2, 1, 2, 2, 1, 1, 2), {"stride": 2, "dilation": (1, 2, 1, 1, 2), "groups": 2,
+                                                    "padding": (1, 1, 0, 0, 1), "padding_mode": "reflect"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("input_shape", "weight_shape", "kwargs"), GRADCHECK_CASES)
+def test_gradcheck_past_three_dims(input_shape, weight_shape, kwargs, device):
+    g = torch.Generator().manual_seed(0)
+    make = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(device).requires_grad_()  # noqa: E731
+    x, w, b = make(*input_shape), make(*weight_shape), make(weight_shape[0])
+    assert torch.autograd.gradcheck(lambda *t: convnd.conv(*t, **kwargs), (x, w, b))
+
+
+# --- edge values ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("mode", MODES)
+def test_nan_and_inf_propagate_as_torch(dims, mode, device):
+    x = torch.randn(1, 2, *(6,) * dims, device=device)
+    n = x.numel()
+    x.view(-1)[n // 4], x.view(-1)[n // 2], x.view(-1)[3 * n // 4] = float("nan"), float("inf"), -float("inf")
+    theirs = TORCH_MODULES[dims](2, 3, 3, padding=1, padding_mode=mode).to(device)
+    ours = CONVND_MODULES[dims](2, 3, 3, padding=1, padding_mode=mode).to(device)
+    ours.load_state_dict(theirs.state_dict())
+    torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dims", [4, 5])
+@pytest.mark.parametrize("mode", MODES)
+def test_nan_and_inf_propagate_past_three_dims(dims, mode, device):
+    """The same non-finite outputs as the definition: NaN where NaN or inf - inf meet, inf where only inf does."""
+    x = torch.randn(1, 2, *(4,) * dims, dtype=torch.float64)
+    x.view(-1)[5], x.view(-1)[100], x.view(-1)[200] = float("nan"), float("inf"), -float("inf")
+    w = torch.randn(3, 2, *(2,) * dims, dtype=torch.float64)
+    got = convnd.conv(
+        x.to(device), w.to(device), padding=1, padding_mode=mode, stride=(1, 2) * (dims // 2) + (1,) * (dims % 2)
+    )
+    expected = reference.conv(x, w, None, (1, 2) * (dims // 2) + (1,) * (dims % 2), ((1, 1),) * dims, None, 1, mode)
+    got = got.cpu().numpy()
+    assert np.isnan(expected).any() and np.isinf(expected).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(expected))
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+def test_zero_batch(dims, mode, device):
+    """An empty batch gives an empty output of the right shape, forward and backward, as torch does for N <= 3."""
+    x = torch.randn(0, 2, *(4,) * dims, device=device, requires_grad=True)
+    w = torch.randn(4, 2, *(3,) * dims, device=device, requires_grad=True)
+    b = torch.randn(4, device=device, requires_grad=True)
+    y = convnd.conv(x, w, b, padding=1, padding_mode=mode, stride=2)
+    assert y.shape == (0, 4, *(2,) * dims)
+    y.sum().backward()
+    assert (
+        x.grad.shape == x.shape
+        and torch.equal(w.grad, torch.zeros_like(w))
+        and torch.equal(b.grad, torch.zeros_like(b))
+    )
+    if dims <= 3:
+        theirs = TORCH_MODULES[dims](2, 4, 3, padding=1, padding_mode=mode, stride=2).to(device)
+        assert theirs(x).shape == y.shape
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3, 4])
+def test_unbatched_equals_batch_of_one(dims, device):
+    x = torch.randn(2, *(5,) * dims, dtype=torch.float64, device=device)
+    w = torch.randn(3, 2, *(2,) * dims, dtype=torch.float64, device=device)
+    kwargs = {"padding": ((0, 1),) * dims, "padding_mode": "circular", "dilation": 2}
+    assert torch.equal(convnd.conv(x, w, **kwargs), convnd.conv(x[None], w, **kwargs)[0])
+
+
+def test_rank_follows_the_weight():
+    """The seed question: a 2-d kernel makes a 2-d convolution, whatever else is passed."""
+    x = torch.randn(1, 1, 7, 9)
+    w = torch.randn(1, 1, 3, 3)
+    assert torch.equal(convnd.conv(x, w, padding="same"), F.conv2d(x, w, padding="same"))
+    assert convnd.conv(torch.randn(1, 1, 4, 5, 6, 7, 8, 9), torch.randn(2, 1, 1, 1, 1, 1, 1, 1)).shape == (
+        1, 2, 4, 5, 6, 7, 8, 9,
+    )  # fmt: skip
