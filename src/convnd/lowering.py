@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
+# the strategy modules call back into this one (native, the gather/scatter steps) at run time
+from . import chunking, selection, strategies
 from .errors import fail
 from .padding import pad_nd, torch_pad_order
 from .spec import ConvSpec
@@ -39,29 +42,49 @@ class Plan:
 
     Attributes:
         native_rank: the spatial rank of every native torch convolution the plan runs.
-        strategy: ``direct``, ``lift`` or ``tapsum`` (see the module docstring).
+        strategy: ``direct``, ``lift``, or for N > r one of :data:`LOWERINGS` (see the module
+            docstring and :mod:`convnd.strategies`), or ``measure`` (time them once, cache the best).
+        native_axes: N > r: the spatial dims the native kernel runs over, ascending; () means
+            the trailing r. The others are lowered.
+        max_memory: N > r: a byte budget for the plan's temporary buffers; the output is
+            computed in pieces that fit (None: the default budget, the input plus output size).
     """
 
     native_rank: int
     strategy: str
+    native_axes: tuple[int, ...] = ()
+    max_memory: int | None = None
 
 
 _DIRECT = {rank: Plan(rank, "direct") for rank in NATIVE_RANKS}
 
 
-def plan(spec: ConvSpec, native_rank: int | None = None) -> Plan:
+def plan(
+    spec: ConvSpec,
+    native_rank: int | None = None,
+    *,
+    input_shape: Sequence[int] | None = None,
+    weight_shape: Sequence[int] | None = None,
+) -> Plan:
     """Choose how to run ``spec``; ``native_rank`` forces the rank of the native kernels.
+
+    Past the native rank the strategy, the native dims and the memory budget come from
+    :func:`convnd.strategy` when it forces them, else from the cost model in
+    :mod:`convnd.selection` when the operand shapes are given, else ``tapsum`` over the trailing dims.
 
     Args:
         spec: the convolution.
         native_rank: 1, 2 or 3; by default the spec's own rank, capped at 3.
+        input_shape, weight_shape: the operands' shapes (batched or not), for the cost model.
     """
     rank = min(spec.dims, 3) if native_rank is None else native_rank
     if rank not in NATIVE_RANKS:
         fail("dims", native_rank, "1, 2 or 3", reason="torch has native convolutions of these ranks only")
     if spec.dims == rank:
         return _DIRECT[rank]  # prebuilt: this runs on every N <= 3 call, and Plan() costs a microsecond
-    return Plan(rank, "lift" if spec.dims < rank else "tapsum")
+    if spec.dims < rank:
+        return Plan(rank, "lift")
+    return selection.choose(spec, rank, input_shape, weight_shape)
 
 
 def execute(
@@ -80,8 +103,26 @@ def execute(
     if how.strategy == "lift":
         y = _lift(x, weight, bias, spec, how.native_rank)
     else:
-        y = _tapsum(x, weight, bias, spec, how.native_rank)
+        y = chunking.run_within(x, weight, bias, spec, how)
     return y if batched else y.squeeze(0)
+
+
+def lowered(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, how: Plan
+) -> torch.Tensor:
+    """Run a batched N > r convolution with ``how.strategy``, its native dims moved to the back first."""
+    order = selection.axis_order(spec.dims, how.native_rank, how.native_axes)
+    if order != tuple(range(spec.dims)):
+        back = tuple(order.index(a) for a in range(spec.dims))
+        y = lowered(_move(x, order), _move(weight, order), bias, spec.select(order), replace(how, native_axes=()))
+        return _move(y, back)
+    return LOWERINGS[how.strategy](x, weight, bias, spec, how.native_rank)
+
+
+def _move(t: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
+    """Reorder the spatial dims (the trailing ``len(order)``) of ``t``."""
+    lead = t.dim() - len(order)
+    return t.permute((*range(lead), *(lead + a for a in order)))
 
 
 def native(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec) -> torch.Tensor:
@@ -156,6 +197,14 @@ def _tapsum(
 
 
 Window = tuple[slice, slice]
+
+# N > r strategies by name: tapsum lives here, the others in convnd.strategies
+LOWERINGS = {
+    "tapsum": _tapsum,
+    "fold": strategies.fold,
+    "unfold": strategies.unfold,
+    "fft": strategies.fft,
+}
 
 
 def _gather_step(tap: int, size: int, out: int, stride: int, dilation: int, low: int) -> Window | None:

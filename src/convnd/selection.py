@@ -1,0 +1,236 @@
+"""Which lowering runs a convolution past the native rank: a cost model, a measured cache, a switch.
+
+- :func:`strategy` (exported as ``convnd.strategy``) forces a strategy, the native dims
+  and/or a memory budget inside a ``with`` block.
+- :func:`choose` is the default: the native dims are the largest ones; the strategy is
+  the cheapest by :func:`cost`, a two-term model (arithmetic at a rate that grows with
+  the GEMM's reduction length, plus memory traffic), calibrated on a 2-core CPU.
+- ``strategy("measure")`` times every strategy once per (spec, shapes, dtype, device)
+  and caches the fastest, as ``torch.backends.cudnn.benchmark`` does.
+
+Only shapes (ints) are read here, never tensor values, so plans are traceable by
+``torch.compile`` and ``torch.export``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from . import lowering
+from .errors import fail
+from .spec import ConvSpec
+
+STRATEGIES = ("tapsum", "fold", "unfold", "fft")
+_FORCED: list[dict[str, Any]] = []
+_MEASURED: dict[tuple[Any, ...], str] = {}
+
+
+@contextlib.contextmanager
+def strategy(
+    name: str | None = None, *, native_axes: Sequence[int] | None = None, max_memory: int | None = None
+) -> Iterator[None]:
+    """Force how convolutions past the native rank run inside a ``with`` block.
+
+    Args:
+        name: ``tapsum``, ``fold``, ``unfold``, ``fft``, or ``measure`` (time each once and
+            cache the fastest); None keeps the cost model's choice.
+        native_axes: the spatial dims the native kernels run over (as many as the native rank).
+        max_memory: a byte budget for temporary buffers; outputs are computed in pieces within it.
+
+    Example:
+        >>> x, w = torch.randn(1, 2, 5, 5, 5, 5), torch.randn(3, 2, 3, 3, 3, 3)
+        >>> with strategy("fold", max_memory=1 << 20):
+        ...     y = convnd.conv(x, w)
+    """
+    if name is not None and name not in (*STRATEGIES, "measure"):
+        fail("strategy", name, "one of " + ", ".join(repr(s) for s in (*STRATEGIES, "measure")))
+    if max_memory is not None and (isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory < 1):
+        fail(
+            "max_memory",
+            max_memory,
+            "a positive int (bytes)",
+            kind="type" if not isinstance(max_memory, int) else "value",
+        )
+    axes = None if native_axes is None else tuple(sorted(native_axes))
+    if axes is not None and (len(set(axes)) != len(axes) or any(not isinstance(a, int) or a < 0 for a in axes)):
+        fail("native_axes", native_axes, "distinct spatial dim indices >= 0")
+    _FORCED.append({"strategy": name, "native_axes": axes, "max_memory": max_memory})
+    try:
+        yield
+    finally:
+        _FORCED.pop()
+
+
+def choose(
+    spec: ConvSpec, rank: int, input_shape: Sequence[int] | None, weight_shape: Sequence[int] | None
+) -> lowering.Plan:
+    """The plan for N > r: forced settings first, then the cost model (tapsum without shapes)."""
+    forced = _FORCED[-1] if _FORCED else {}
+    name, axes, budget = forced.get("strategy"), forced.get("native_axes"), forced.get("max_memory")
+    if axes is not None and (len(axes) != rank or axes[-1] >= spec.dims):
+        fail("native_axes", axes, f"{rank} distinct spatial dims below {spec.dims}", reason=f"native rank {rank}")
+    if input_shape is None or weight_shape is None:
+        return lowering.Plan(rank, name or "tapsum", axes or (), budget)
+    x_shape = _batched(input_shape, spec)
+    if axes is None:
+        axes = largest_axes(x_shape[2:], rank)
+    if name is None:
+        trial = lowering.Plan(rank, "tapsum", axes, budget)
+        name = min(STRATEGIES, key=lambda s: cost(s, spec, trial, x_shape, tuple(weight_shape)))
+    return lowering.Plan(rank, name, axes, budget)
+
+
+def _batched(shape: Sequence[int], spec: ConvSpec) -> tuple[int, ...]:
+    shape = tuple(shape)
+    return shape if len(shape) == spec.dims + 2 else (1, *shape)
+
+
+def largest_axes(spatial: Sequence[int], rank: int) -> tuple[int, ...]:
+    """The ``rank`` largest spatial dims (the later one on ties), ascending: they stay native."""
+    by_size = sorted(range(len(spatial)), key=lambda a: (spatial[a], a))
+    return tuple(sorted(by_size[-rank:]))
+
+
+def axis_order(dims: int, rank: int, native_axes: tuple[int, ...]) -> tuple[int, ...]:
+    """Lowered dims first, native dims last (both ascending)."""
+    native = native_axes or tuple(range(dims - rank, dims))
+    return (*(a for a in range(dims) if a not in native), *native)
+
+
+def chunk_axis(dims: int, how: lowering.Plan) -> int:
+    """The spatial dim a too-large output is split along: the first lowered one."""
+    return axis_order(dims, how.native_rank, how.native_axes)[0]
+
+
+# --- the model --------------------------------------------------------------------------
+
+
+def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Sizes the model reads, with the native dims moved to the back."""
+    order = axis_order(spec.dims, how.native_rank, how.native_axes)
+    spec = spec.select(order)
+    spatial = tuple(x_shape[2 + a] for a in order)
+    n_outer = spec.dims - how.native_rank
+    out = spec.output_size(spatial)
+    batch, channels = x_shape[:2]
+    out_channels = w_shape[1] * spec.groups if spec.transposed else w_shape[0]
+    per_group_in = channels // spec.groups
+    padded = tuple(m + lo + hi for m, (lo, hi) in zip(spatial, spec.padding))
+    return {
+        "spec": spec,
+        "n_outer": n_outer,
+        "in": batch * channels * math.prod(spatial),
+        "out": batch * out_channels * math.prod(out),
+        "outer_taps": math.prod(spec.kernel[:n_outer]),
+        "inner_taps": math.prod(spec.kernel[n_outer:]),
+        "outer_out": math.prod(out[:n_outer]),
+        "outer_in": math.prod(spatial[:n_outer]),
+        "inner_in": math.prod(spatial[n_outer:]),
+        "batch": batch,
+        "channels": channels,
+        "out_channels": out_channels,
+        "per_group_in": per_group_in,
+        "per_group_out": out_channels // spec.groups,
+        "fft_size": math.prod(padded) if not spec.transposed else math.prod(out) + math.prod(spec.window),
+        "macs": batch
+        * out_channels
+        * per_group_in
+        * math.prod(spec.kernel)
+        * math.prod(out if not spec.transposed else spatial),
+    }
+
+
+def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int]) -> int:
+    """Elements of temporary buffers strategy ``name`` allocates for the whole convolution (an estimate)."""
+    g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
+    if name == "tapsum":
+        return g["in"] + g["out"]  # the input with outer dims in front, one tap's native output
+    if name == "fold":
+        folded = g["batch"] * g["channels"] * g["outer_taps"] * g["outer_out"] * g["inner_in"]
+        if g["spec"].transposed:
+            return g["in"] + g["out"] * g["outer_taps"] + g["out"]
+        return folded + 2 * g["out"]
+    if name == "unfold":
+        columns = g["macs"] // max(g["per_group_out"], 1)
+        return columns + g["out"] + (g["in"] * math.prod(g["spec"].stride) if g["spec"].transposed else 0)
+    # fft: input, output and weight spectra (complex halves, about one real element per point) and the inverse
+    per_point = g["batch"] * (g["channels"] + 2 * g["out_channels"]) + g["out_channels"] * g["per_group_in"]
+    return per_point * g["fft_size"] + g["in"]
+
+
+def cost(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int]) -> float:
+    """Estimated seconds for strategy ``name`` on a CPU: arithmetic at a reduction-dependent rate plus traffic."""
+    g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
+    traffic = workspace(name, spec, how, x_shape, w_shape) * _SECONDS_PER_ELEMENT
+    if name == "tapsum":
+        calls = g["outer_taps"]
+        return (
+            2 * g["macs"] / _rate(g["per_group_in"] * g["inner_taps"], g["per_group_out"])
+            + traffic * calls / 2
+            + calls * _CALL
+        )
+    if name == "fold":
+        return (
+            2 * g["macs"] / _rate(g["per_group_in"] * g["inner_taps"] * g["outer_taps"], g["per_group_out"])
+            + traffic
+            + _CALL
+        )
+    if name == "unfold":
+        return (
+            2 * g["macs"] / _rate(g["per_group_in"] * g["inner_taps"] * g["outer_taps"], g["per_group_out"], gemm=True)
+            + traffic
+        )
+    transforms = (g["batch"] * (g["channels"] + g["out_channels"]) + g["out_channels"] * g["per_group_in"]) * g[
+        "fft_size"
+    ]
+    products = 8 * g["batch"] * g["out_channels"] * g["per_group_in"] * g["fft_size"] / 2
+    return (5 * transforms * math.log2(max(g["fft_size"], 2)) + products) / _FFT_RATE + traffic
+
+
+# calibrated on the README's 2-core machine (see benchmarks/); only ratios matter for the choice
+_PEAK = 60e9  # float32 FLOP/s of a large GEMM
+_FFT_RATE = 4e9
+_SECONDS_PER_ELEMENT = 1.5e-9
+_CALL = 30e-6
+
+
+def _rate(reduction: int, outputs: int, gemm: bool = False) -> float:
+    """FLOP/s of a native convolution (or GEMM) whose reduction is ``reduction`` long, ``outputs`` wide."""
+    fill = reduction / (reduction + (64 if gemm else 128)) * outputs / (outputs + 8)
+    return _PEAK * fill
+
+
+# --- measured ----------------------------------------------------------------------------
+
+
+def measured(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, how: lowering.Plan
+) -> lowering.Plan:
+    """The fastest strategy for these operands, timed once per (spec, shapes, dtype, device) and cached."""
+    key = (spec, how.native_rank, how.native_axes, tuple(x.shape), tuple(weight.shape), x.dtype, x.device.type)
+    if key not in _MEASURED:
+        if torch.compiler.is_compiling():
+            return choose(spec, how.native_rank, x.shape, weight.shape)
+        times = {}
+        with torch.no_grad():
+            for name in STRATEGIES:
+                trial = lowering.Plan(how.native_rank, name, how.native_axes, how.max_memory)
+                times[name] = min(_seconds(x, weight, bias, spec, trial) for _ in range(2))
+        _MEASURED[key] = min(times, key=times.__getitem__)
+    return lowering.Plan(how.native_rank, _MEASURED[key], how.native_axes, how.max_memory)
+
+
+def _seconds(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, how: lowering.Plan
+) -> float:
+    start = time.perf_counter()
+    lowering.lowered(x, weight, bias, spec, how)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    return time.perf_counter() - start
