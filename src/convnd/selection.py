@@ -82,7 +82,7 @@ def choose(
         axes = largest_axes(x_shape[2:], rank)
     if name is None:
         trial = lowering.Plan(rank, "tapsum", axes, budget)
-        name = min(STRATEGIES, key=lambda s: cost(s, spec, trial, x_shape, tuple(weight_shape)))
+        name = min(STRATEGIES, key=lambda s: chunked_cost(s, spec, trial, x_shape, tuple(weight_shape)))
     return lowering.Plan(rank, name, axes, budget)
 
 
@@ -147,15 +147,22 @@ def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_sh
 
 
 def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int]) -> int:
-    """Elements of temporary buffers strategy ``name`` allocates for the whole convolution (an estimate)."""
+    """Elements of temporary buffers strategy ``name`` allocates for the whole convolution (an estimate).
+
+    A native call holds its own copies too (oneDNN reorders its input and output into
+    blocked layouts): counted as one input and two outputs per call, as measured with
+    peak RSS (see ``convnd.bench.peak_extra_memory``).
+    """
     g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
+    native = g["in"] + 2 * g["out"]
     if name == "tapsum":
-        return g["in"] + g["out"]  # the input with outer dims in front, one tap's native output
+        return g["in"] + g["out"] + native  # outer dims moved in front, one tap's result, the native copies
     if name == "fold":
-        folded = g["batch"] * g["channels"] * g["outer_taps"] * g["outer_out"] * g["inner_in"]
         if g["spec"].transposed:
-            return g["in"] + g["out"] * g["outer_taps"] + g["out"]
-        return folded + 2 * g["out"]
+            slabs = g["out"] * g["outer_taps"]
+            return g["in"] + 2 * slabs + g["out"] + g["in"]
+        folded = g["batch"] * g["channels"] * g["outer_taps"] * g["outer_out"] * g["inner_in"]
+        return 2 * folded + 3 * g["out"]
     if name == "unfold":
         columns = g["macs"] // max(g["per_group_out"], 1)
         return columns + g["out"] + (g["in"] * math.prod(g["spec"].stride) if g["spec"].transposed else 0)
@@ -168,29 +175,37 @@ def cost(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], 
     """Estimated seconds for strategy ``name`` on a CPU: arithmetic at a reduction-dependent rate plus traffic."""
     g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
     traffic = workspace(name, spec, how, x_shape, w_shape) * _SECONDS_PER_ELEMENT
+    flops = 2 * g["macs"]
+    inner = g["per_group_in"] * g["inner_taps"]
     if name == "tapsum":
         calls = g["outer_taps"]
-        return (
-            2 * g["macs"] / _rate(g["per_group_in"] * g["inner_taps"], g["per_group_out"])
-            + traffic * calls / 2
-            + calls * _CALL
-        )
+        return flops / _rate(inner, g["per_group_out"]) + traffic * calls / 2 + calls * _CALL
     if name == "fold":
-        return (
-            2 * g["macs"] / _rate(g["per_group_in"] * g["inner_taps"] * g["outer_taps"], g["per_group_out"])
-            + traffic
-            + _CALL
-        )
+        rate = _rate(inner * g["outer_taps"], g["per_group_out"])
+        if g["per_group_in"] == 1 < g["spec"].groups:
+            rate /= 8  # folding taps makes a depthwise weight merely grouped: oneDNN's depthwise kernel is lost
+        return flops / rate + traffic + _CALL
     if name == "unfold":
-        return (
-            2 * g["macs"] / _rate(g["per_group_in"] * g["inner_taps"] * g["outer_taps"], g["per_group_out"], gemm=True)
-            + traffic
-        )
-    transforms = (g["batch"] * (g["channels"] + g["out_channels"]) + g["out_channels"] * g["per_group_in"]) * g[
-        "fft_size"
-    ]
-    products = 8 * g["batch"] * g["out_channels"] * g["per_group_in"] * g["fft_size"] / 2
-    return (5 * transforms * math.log2(max(g["fft_size"], 2)) + products) / _FFT_RATE + traffic
+        return flops / _rate(inner * g["outer_taps"], g["per_group_out"], gemm=True) + traffic
+    points = g["fft_size"]
+    transforms = (g["batch"] * (g["channels"] + g["out_channels"]) + g["out_channels"] * g["per_group_in"]) * points
+    products = 4 * g["batch"] * g["out_channels"] * g["per_group_in"] * points
+    return (5 * transforms * math.log2(max(points, 2)) + products) / _FFT_RATE + traffic
+
+
+def chunked_cost(
+    name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int]
+) -> float:
+    """:func:`cost` when the memory budget splits the output into pieces (float32 assumed for a byte budget).
+
+    Each piece pays its calls again and re-reads a halo of input rows; a quarter of the
+    whole cost per extra piece is the (deliberately rough) price, so memory-hungry
+    strategies win only when they are much faster.
+    """
+    g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
+    limit = how.max_memory / 4 if how.max_memory is not None else g["in"] + g["out"]
+    pieces = math.ceil(workspace(name, spec, how, x_shape, w_shape) / max(limit, 1))
+    return cost(name, spec, how, x_shape, w_shape) * (1 + 0.25 * max(pieces - 1, 0))
 
 
 # calibrated on the README's 2-core machine (see benchmarks/); only ratios matter for the choice

@@ -203,8 +203,7 @@ def fft(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: 
     spectrum_x = forward(x, s=size, dim=axes).reshape((batch, groups, channels // groups, -1))
     spectrum_w = forward(w.conj(), s=size, dim=axes).conj()
     spectrum_w = spectrum_w.reshape((groups, weight.shape[0] // groups, channels // groups, -1))
-    # per frequency, a (B, C/G) x (C/G, C_out/G) product per group
-    spectrum_y = torch.einsum("bgcf,gocf->bgof", spectrum_x, spectrum_w)
+    spectrum_y = _channel_product(spectrum_x, spectrum_w)
     half = (*size[:-1], size[-1] // 2 + 1) if real else size
     spectrum_y = spectrum_y.reshape((batch, weight.shape[0], *half))
     y = torch.fft.irfftn(spectrum_y, s=size, dim=axes) if real else torch.fft.ifftn(spectrum_y, s=size, dim=axes)
@@ -212,6 +211,22 @@ def fft(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: 
     y = y[(Ellipsis, *keep)].contiguous()
     if bias is not None:
         y = y + bias.reshape((-1,) + (1,) * n)
+    return y
+
+
+def _channel_product(spectrum_x: torch.Tensor, spectrum_w: torch.Tensor) -> torch.Tensor:
+    """Per frequency and group, (B, C/G) x (C/G, C_out/G): ``bgcf,gocf->bgof``.
+
+    torch's complex batched matmul is slow for the many tiny matrices this is (measured:
+    14 s for 2x16 @ 16x32 at 40k frequencies), so past a few channels the sum over C/G runs
+    as that many vectorized multiply-adds over whole spectra instead.
+    """
+    per_group_in, per_group_out = spectrum_w.shape[2], spectrum_w.shape[1]
+    if per_group_in * per_group_out <= 16:
+        return torch.einsum("bgcf,gocf->bgof", spectrum_x, spectrum_w)
+    y = spectrum_x[:, :, None, 0] * spectrum_w[None, :, :, 0]
+    for c in range(1, per_group_in):
+        y = y + spectrum_x[:, :, None, c] * spectrum_w[None, :, :, c]
     return y
 
 
