@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 # the strategy modules call back into this one (native, the gather/scatter steps) at run time
-from . import chunking, selection, strategies
+from . import autograd, selection, strategies
 from .errors import fail
 from .padding import pad_nd, torch_pad_order
 from .spec import ConvSpec
@@ -48,12 +48,15 @@ class Plan:
             the trailing r. The others are lowered.
         max_memory: N > r: a byte budget for the plan's temporary buffers; the output is
             computed in pieces that fit (None: the default budget, the input plus output size).
+        custom_backward: N > r: gradients through :mod:`convnd.autograd` (lowered adjoint
+            convolutions) instead of autograd through the lowering's slices.
     """
 
     native_rank: int
     strategy: str
     native_axes: tuple[int, ...] = ()
     max_memory: int | None = None
+    custom_backward: bool = True
 
 
 _DIRECT = {rank: Plan(rank, "direct") for rank in NATIVE_RANKS}
@@ -103,7 +106,7 @@ def execute(
     if how.strategy == "lift":
         y = _lift(x, weight, bias, spec, how.native_rank)
     else:
-        y = chunking.run_within(x, weight, bias, spec, how)
+        y = autograd.run(x, weight, bias, spec, how)
     return y if batched else y.squeeze(0)
 
 

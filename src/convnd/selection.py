@@ -18,6 +18,7 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -33,7 +34,11 @@ _MEASURED: dict[tuple[Any, ...], str] = {}
 
 @contextlib.contextmanager
 def strategy(
-    name: str | None = None, *, native_axes: Sequence[int] | None = None, max_memory: int | None = None
+    name: str | None = None,
+    *,
+    native_axes: Sequence[int] | None = None,
+    max_memory: int | None = None,
+    custom_backward: bool = True,
 ) -> Iterator[None]:
     """Force how convolutions past the native rank run inside a ``with`` block.
 
@@ -42,6 +47,7 @@ def strategy(
             cache the fastest); None keeps the cost model's choice.
         native_axes: the spatial dims the native kernels run over (as many as the native rank).
         max_memory: a byte budget for temporary buffers; outputs are computed in pieces within it.
+        custom_backward: False runs autograd through the lowering instead of :mod:`convnd.autograd`.
 
     Example:
         >>> x, w = torch.randn(1, 2, 5, 5, 5, 5), torch.randn(3, 2, 3, 3, 3, 3)
@@ -60,7 +66,9 @@ def strategy(
     axes = None if native_axes is None else tuple(sorted(native_axes))
     if axes is not None and (len(set(axes)) != len(axes) or any(not isinstance(a, int) or a < 0 for a in axes)):
         fail("native_axes", native_axes, "distinct spatial dim indices >= 0")
-    _FORCED.append({"strategy": name, "native_axes": axes, "max_memory": max_memory})
+    _FORCED.append(
+        {"strategy": name, "native_axes": axes, "max_memory": max_memory, "custom_backward": bool(custom_backward)}
+    )
     try:
         yield
     finally:
@@ -73,17 +81,18 @@ def choose(
     """The plan for N > r: forced settings first, then the cost model (tapsum without shapes)."""
     forced = _FORCED[-1] if _FORCED else {}
     name, axes, budget = forced.get("strategy"), forced.get("native_axes"), forced.get("max_memory")
+    custom = forced.get("custom_backward", True)
     if axes is not None and (len(axes) != rank or axes[-1] >= spec.dims):
         fail("native_axes", axes, f"{rank} distinct spatial dims below {spec.dims}", reason=f"native rank {rank}")
     if input_shape is None or weight_shape is None:
-        return lowering.Plan(rank, name or "tapsum", axes or (), budget)
+        return lowering.Plan(rank, name or "tapsum", axes or (), budget, custom)
     x_shape = _batched(input_shape, spec)
     if axes is None:
         axes = largest_axes(x_shape[2:], rank)
     if name is None:
         trial = lowering.Plan(rank, "tapsum", axes, budget)
         name = min(STRATEGIES, key=lambda s: chunked_cost(s, spec, trial, x_shape, tuple(weight_shape)))
-    return lowering.Plan(rank, name, axes, budget)
+    return lowering.Plan(rank, name, axes, budget, custom)
 
 
 def _batched(shape: Sequence[int], spec: ConvSpec) -> tuple[int, ...]:
@@ -235,10 +244,10 @@ def measured(
         times = {}
         with torch.no_grad():
             for name in STRATEGIES:
-                trial = lowering.Plan(how.native_rank, name, how.native_axes, how.max_memory)
+                trial = replace(how, strategy=name)
                 times[name] = min(_seconds(x, weight, bias, spec, trial) for _ in range(2))
         _MEASURED[key] = min(times, key=times.__getitem__)
-    return lowering.Plan(how.native_rank, _MEASURED[key], how.native_axes, how.max_memory)
+    return replace(how, strategy=_MEASURED[key])
 
 
 def _seconds(

@@ -88,9 +88,9 @@ def _fold_transposed(
     for tap in itertools.product(*(range(k) for k in outer.kernel)):
         windows = _windows(lowering._scatter_step, tap, in_outer, out_outer, outer)
         if windows is not None:
-            y[tuple(dst for _, dst in windows)] += slabs[
-                (*(s for s, _ in windows), Ellipsis, *tap, *(slice(None),) * rank)
-            ]
+            y[tuple(dst for _, dst in windows)].add_(
+                slabs[(*(s for s, _ in windows), Ellipsis, *tap, *(slice(None),) * rank)]
+            )
     y = y.reshape((*out_outer, batch, out_channels, *y.shape[-rank:])).permute(_batch_first(n_outer, rank))
     y = y.contiguous()
     if bias is not None:
