@@ -91,7 +91,8 @@ def choose(
         axes = largest_axes(x_shape[2:], rank)
     if name is None:
         trial = lowering.Plan(rank, "tapsum", axes, budget)
-        name = min(STRATEGIES, key=lambda s: chunked_cost(s, spec, trial, x_shape, tuple(weight_shape)))
+        costs = [chunked_cost(s, spec, trial, x_shape, tuple(weight_shape)) for s in STRATEGIES]
+        name = STRATEGIES[costs.index(min(costs))]  # not min(key=...): torch.compile cannot trace that
     return lowering.Plan(rank, name, axes, budget, custom)
 
 
@@ -102,8 +103,8 @@ def _batched(shape: Sequence[int], spec: ConvSpec) -> tuple[int, ...]:
 
 def largest_axes(spatial: Sequence[int], rank: int) -> tuple[int, ...]:
     """The ``rank`` largest spatial dims (the later one on ties), ascending: they stay native."""
-    by_size = sorted(range(len(spatial)), key=lambda a: (spatial[a], a))
-    return tuple(sorted(by_size[-rank:]))
+    by_size = sorted((size, axis) for axis, size in enumerate(spatial))
+    return tuple(sorted(axis for _, axis in by_size[-rank:]))
 
 
 def axis_order(dims: int, rank: int, native_axes: tuple[int, ...]) -> tuple[int, ...]:
