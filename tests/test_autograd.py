@@ -49,7 +49,7 @@ def test_custom_backward_passes_gradcheck(name, case, transposed, kw, size, kern
 
 
 def test_custom_backward_is_twice_differentiable():
-    transposed, kw, size, kernel = CASES[0][1:]
+    transposed, kw, _, kernel = CASES[0][1:]
     x, w, b = _operands(transposed, kw, (3, 2, 3, 3), kernel)
     assert gradgradcheck(_fn(transposed, kw, "tapsum"), (x, w, b), fast_mode=True)
 

@@ -120,15 +120,15 @@ OVERHEAD = (
 # --- implementations -----------------------------------------------------------------------
 
 
-def convnd_runner(w: Workload, name: str | None = None) -> Runner:
+def convnd_runner(w: Workload, name: str | None = None, custom_backward: bool = True) -> Runner:
     """convnd on this workload; ``name`` forces a lowering strategy (None: the planner's choice)."""
     call = conv_transpose if w.transposed else conv
     kwargs = {"stride": w.stride, "padding": w.padding, "groups": w.groups}
 
     def run(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if name is None:
+        if name is None and custom_backward:
             return call(x, weight, **kwargs)
-        with strategy(name):
+        with strategy(name, custom_backward=custom_backward):
             return call(x, weight, **kwargs)
 
     return run
@@ -299,6 +299,8 @@ def bench_workload(
     runners: dict[str, Runner] = {"convnd": convnd_runner(w)}
     if strategies and w.dims > 3:
         runners.update({f"convnd:{s}": convnd_runner(w, s) for s in STRATEGIES})
+        if backward:
+            runners["convnd:autograd-thru"] = convnd_runner(w, custom_backward=False)
     runners.update(peers(w, backward))
     calls = _calls(w)
     steps = {name: _step(run, x, weight, backward, calls) for name, run in runners.items()}
@@ -319,6 +321,56 @@ def _plan_name(w: Workload, x: torch.Tensor, weight: torch.Tensor) -> str:
     how = plan(spec, input_shape=x.shape, weight_shape=weight.shape)
     axes = f" native dims {how.native_axes}" if how.native_axes else ""
     return f"{how.strategy}{axes}"
+
+
+# --- memory ---------------------------------------------------------------------------------
+
+
+def _rss(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def measure_extra_memory(w: Workload) -> dict[str, float]:
+    """In this process: peak resident bytes of one forward beyond its input, weight and output.
+
+    Linux only. Call it in a fresh process started with ``MALLOC_MMAP_THRESHOLD_=65536`` (as
+    :func:`peak_extra_memory` does), so every tensor buffer is its own mapping and freeing
+    it returns the memory: the resident peak then counts live allocations exactly, oneDNN's
+    internal buffers included. The peak is reset through ``/proc/self/clear_refs`` after a
+    warm-up call (which builds oneDNN's kernels).
+    """
+    x, weight = w.operands()
+    run = convnd_runner(w)
+    with torch.no_grad():
+        run(x, weight)
+        before = _rss("VmRSS:")
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        y = run(x, weight)
+        peak = _rss("VmHWM:")
+    io = (x.numel() + y.numel()) * x.element_size()
+    return {"extra_bytes": peak - before - y.numel() * y.element_size(), "input_plus_output_bytes": io}
+
+
+def peak_extra_memory(w: Workload) -> dict[str, float]:
+    """:func:`measure_extra_memory` in a fresh subprocess with a fixed mmap threshold."""
+    import json
+    import os
+    import subprocess
+
+    code = f"import json, convnd.bench as b; print(json.dumps(b.measure_extra_memory(b.find({w.name!r}))))"
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def find(name: str) -> Workload:
+    """The workload called ``name``."""
+    return next(w for w in (*WORKLOADS, *QUICK, *OVERHEAD) if w.name == name)
 
 
 # --- reporting -------------------------------------------------------------------------------
@@ -442,6 +494,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategies", action="store_true", help="also time each lowering strategy, forced")
     parser.add_argument("--overhead", action="store_true", help="also measure N <= 3 overhead over torch")
     parser.add_argument("--plot", metavar="FILE.png", default=None, help="draw the results as a bar chart")
+    parser.add_argument("--memory", action="store_true", help="also measure peak extra memory of each forward")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -450,10 +503,19 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.overhead or args.quick:
         workloads += OVERHEAD[:1] if args.quick else OVERHEAD
     if args.only:
-        workloads = [w for w in (*WORKLOADS, *QUICK, *OVERHEAD) if w.name in args.only]
+        workloads = [find(name) for name in args.only]
     rounds = args.rounds or (2 if args.quick else 7)
     modes = {"forward": (False,), "backward": (True,), "both": (False, True)}[args.mode]
     results = run_benchmarks(workloads, modes=modes, rounds=rounds, strategies=args.strategies)
+    if args.memory:
+        for w in workloads:
+            if w.dims > 3 and sys.platform.startswith("linux"):
+                m = peak_extra_memory(w)
+                ratio = m["extra_bytes"] / m["input_plus_output_bytes"]
+                print(
+                    f"peak extra memory, {w.name} forward: {ratio:.2f} x (input + output) "
+                    f"= {m['extra_bytes'] / 1e6:.1f} MB (peak RSS, fresh process)"
+                )
     if args.plot:
         plot(results, args.plot)
         print(f"plot written to {args.plot}")

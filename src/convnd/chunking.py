@@ -20,12 +20,17 @@ from . import lowering, selection
 from .padding import pad_nd
 from .spec import ConvSpec
 
+MIN_DEFAULT_BUDGET = 256 * 1024
+
 
 def budget(x: torch.Tensor, out_numel: int, how: lowering.Plan) -> int:
-    """The plan's byte budget for temporaries: ``max_memory``, else the input plus output size."""
+    """The plan's byte budget for temporaries: ``max_memory``, else the input plus output size (>= 256 KiB).
+
+    The floor keeps small convolutions in one piece, where splitting would cost time and save nothing.
+    """
     if how.max_memory is not None:
         return how.max_memory
-    return (x.numel() + out_numel) * x.element_size()
+    return max((x.numel() + out_numel) * x.element_size(), MIN_DEFAULT_BUDGET)
 
 
 def run_within(

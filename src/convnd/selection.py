@@ -15,6 +15,7 @@ Only shapes (ints) are read here, never tensor values, so plans are traceable by
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 
-from . import lowering
+from . import chunking, lowering
 from .errors import fail
 from .spec import ConvSpec
 
@@ -90,10 +91,15 @@ def choose(
     if axes is None:
         axes = largest_axes(x_shape[2:], rank)
     if name is None:
-        trial = lowering.Plan(rank, "tapsum", axes, budget)
-        costs = [chunked_cost(s, spec, trial, x_shape, tuple(weight_shape)) for s in STRATEGIES]
-        name = STRATEGIES[costs.index(min(costs))]  # not min(key=...): torch.compile cannot trace that
+        name = cheapest(spec, lowering.Plan(rank, "tapsum", axes, budget), x_shape, tuple(weight_shape))
     return lowering.Plan(rank, name, axes, budget, custom)
+
+
+@functools.lru_cache(maxsize=4096)
+def cheapest(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> str:
+    """The strategy the cost model prefers (cached: it is pure arithmetic on hashable arguments)."""
+    costs = [chunked_cost(s, spec, how, x_shape, w_shape) for s in STRATEGIES]
+    return STRATEGIES[costs.index(min(costs))]  # not min(key=...): torch.compile cannot trace that
 
 
 def _batched(shape: Sequence[int], spec: ConvSpec) -> tuple[int, ...]:
@@ -121,6 +127,7 @@ def chunk_axis(dims: int, how: lowering.Plan) -> int:
 # --- the model --------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
 def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> dict[str, Any]:
     """Sizes the model reads, with the native dims moved to the back."""
     order = axis_order(spec.dims, how.native_rank, how.native_axes)
@@ -213,7 +220,9 @@ def chunked_cost(
     strategies win only when they are much faster.
     """
     g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
-    limit = how.max_memory / 4 if how.max_memory is not None else g["in"] + g["out"]
+    limit = (
+        how.max_memory / 4 if how.max_memory is not None else max(g["in"] + g["out"], chunking.MIN_DEFAULT_BUDGET / 4)
+    )
     pieces = math.ceil(workspace(name, spec, how, x_shape, w_shape) / max(limit, 1))
     return cost(name, spec, how, x_shape, w_shape) * (1 + 0.25 * max(pieces - 1, 0))
 
