@@ -243,26 +243,24 @@ def _step(run: Runner, x: torch.Tensor, weight: torch.Tensor, backward: bool, ca
 def time_side_by_side(
     steps: dict[str, Callable[[], None]], rounds: int, progress: Callable[[], None] | None = None
 ) -> dict[str, float]:
-    """Median seconds of each step over ``rounds`` interleaved rounds (after one warm-up run each)."""
+    """Median seconds of each step over ``rounds`` interleaved rounds (after one warm-up run each).
+
+    Each round runs every step once, starting from a different step each round, so slow
+    drifts of a shared machine and first-in-round effects hit every step alike.
+    """
     for step in steps.values():
         step()
     samples: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
+    names = list(steps)
+    for round_ in range(rounds):
+        # rotate who goes first: the first run after another workload pays for fresh pages
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             start = time.perf_counter()
-            step()
+            steps[name]()
             samples[name].append(time.perf_counter() - start)
         if progress is not None:
             progress()
     return {name: statistics.median(s) for name, s in samples.items()}
-
-
-def gemm_rate(size: int = 1024, rounds: int = 5) -> float:
-    """float32 GEMM FLOP/s of this machine (square ``size`` matrices, median of ``rounds``)."""
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
-    seconds = time_side_by_side({"gemm": lambda: torch.mm(a, b)}, rounds)["gemm"]
-    return 2 * size**3 / seconds
 
 
 @dataclass
@@ -272,7 +270,7 @@ class Result:
     workload: Workload
     backward: bool
     seconds: dict[str, float]
-    gemm: float
+    gemm: float  # FLOP/s of a float32 GEMM timed in the same rounds
     plan: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -291,10 +289,14 @@ def bench_workload(
     backward: bool,
     rounds: int,
     strategies: bool,
-    gemm: float,
+    gemm: int,
     progress: Callable[[], None] | None = None,
 ) -> Result:
-    """Time convnd (and, with ``strategies``, each forced strategy) against every peer found."""
+    """Time convnd (and, with ``strategies``, each forced strategy) against every peer found.
+
+    A ``gemm`` x ``gemm`` float32 matrix product runs in the same rounds: its rate is the
+    machine's reference for this workload's "of GEMM" column.
+    """
     x, weight = w.operands()
     runners: dict[str, Runner] = {"convnd": convnd_runner(w)}
     if strategies and w.dims > 3:
@@ -304,8 +306,20 @@ def bench_workload(
     runners.update(peers(w, backward))
     calls = _calls(w)
     steps = {name: _step(run, x, weight, backward, calls) for name, run in runners.items()}
+    steps[GEMM] = _gemm_step(gemm)
     medians = time_side_by_side(steps, rounds, progress)
-    return Result(w, backward, {n: s / calls for n, s in medians.items()}, gemm, plan=_plan_name(w, x, weight))
+    rate = 2 * gemm**3 / medians.pop(GEMM)
+    return Result(w, backward, {n: s / calls for n, s in medians.items()}, rate, plan=_plan_name(w, x, weight))
+
+
+GEMM = "float32 GEMM"
+
+
+def _gemm_step(size: int) -> Callable[[], None]:
+    """One square float32 matrix product, timed in the same rounds as the workload."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
+    return lambda: torch.mm(a, b)
 
 
 def _calls(w: Workload) -> int:
@@ -450,17 +464,20 @@ class Progress:
 
 
 def run_benchmarks(
-    workloads: Sequence[Workload], *, modes: Sequence[bool], rounds: int, strategies: bool, out: Any = None
+    workloads: Sequence[Workload],
+    *,
+    modes: Sequence[bool],
+    rounds: int,
+    strategies: bool,
+    gemm: int = 1536,
+    out: Any = None,
 ) -> list[Result]:
     """Benchmark every workload in every mode, printing each table as it completes."""
     out = out or sys.stdout
-    progress = Progress(len(workloads) * len(modes) * rounds + 1)
-    progress.label = "float32 GEMM"
-    gemm = gemm_rate()
-    progress()
+    progress = Progress(len(workloads) * len(modes) * rounds)
     print(
-        f"float32 GEMM (1024^3, median): {gemm / 1e9:.1f} GFLOP/s; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {rounds} interleaved rounds; "
+        f"'of GEMM': fraction of a {gemm}^3 float32 GEMM timed in the same rounds",
         file=out,
     )
     results = []
@@ -506,7 +523,8 @@ def run_cli(args: argparse.Namespace) -> int:
         workloads = [find(name) for name in args.only]
     rounds = args.rounds or (2 if args.quick else 7)
     modes = {"forward": (False,), "backward": (True,), "both": (False, True)}[args.mode]
-    results = run_benchmarks(workloads, modes=modes, rounds=rounds, strategies=args.strategies)
+    gemm = 256 if args.quick else 1536
+    results = run_benchmarks(workloads, modes=modes, rounds=rounds, strategies=args.strategies, gemm=gemm)
     if args.memory:
         for w in workloads:
             if w.dims > 3 and sys.platform.startswith("linux"):

@@ -39,7 +39,7 @@ def strategy(
     *,
     native_axes: Sequence[int] | None = None,
     max_memory: int | None = None,
-    custom_backward: bool = True,
+    custom_backward: bool | None = None,
 ) -> Iterator[None]:
     """Force how convolutions past the native rank run inside a ``with`` block.
 
@@ -48,7 +48,8 @@ def strategy(
             cache the fastest); None keeps the cost model's choice.
         native_axes: the spatial dims the native kernels run over (as many as the native rank).
         max_memory: a byte budget for temporary buffers; outputs are computed in pieces within it.
-        custom_backward: False runs autograd through the lowering instead of :mod:`convnd.autograd`.
+        custom_backward: True: gradients through :mod:`convnd.autograd`; False: autograd through the
+            lowering; None: the planner's rule (:func:`custom_backward_pays`).
 
     Example:
         >>> x, w = torch.randn(1, 2, 5, 5, 5, 5), torch.randn(3, 2, 3, 3, 3, 3)
@@ -68,7 +69,7 @@ def strategy(
     if axes is not None and (len(set(axes)) != len(axes) or any(not isinstance(a, int) or a < 0 for a in axes)):
         fail("native_axes", native_axes, "distinct spatial dim indices >= 0")
     _FORCED.append(
-        {"strategy": name, "native_axes": axes, "max_memory": max_memory, "custom_backward": bool(custom_backward)}
+        {"strategy": name, "native_axes": axes, "max_memory": max_memory, "custom_backward": custom_backward}
     )
     try:
         yield
@@ -82,7 +83,9 @@ def choose(
     """The plan for N > r: forced settings first, then the cost model (tapsum without shapes)."""
     forced = _FORCED[-1] if _FORCED else {}
     name, axes, budget = forced.get("strategy"), forced.get("native_axes"), forced.get("max_memory")
-    custom = forced.get("custom_backward", True)
+    custom = forced.get("custom_backward")
+    if custom is None:
+        custom = custom_backward_pays(spec, rank)
     if axes is not None and (len(axes) != rank or axes[-1] >= spec.dims):
         fail("native_axes", axes, f"{rank} distinct spatial dims below {spec.dims}", reason=f"native rank {rank}")
     if input_shape is None or weight_shape is None:
@@ -100,6 +103,17 @@ def cheapest(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_sha
     """The strategy the cost model prefers (cached: it is pure arithmetic on hashable arguments)."""
     costs = [chunked_cost(s, spec, how, x_shape, w_shape) for s in STRATEGIES]
     return STRATEGIES[costs.index(min(costs))]  # not min(key=...): torch.compile cannot trace that
+
+
+def custom_backward_pays(spec: ConvSpec, rank: int) -> bool:
+    """Whether :mod:`convnd.autograd` beats autograd through the lowering: for kernels wider than 3 in a lowered dim.
+
+    Measured side by side (README, forward+backward): with 3-wide kernels autograd through
+    the lowering was 1.1-2x faster (its per-tap native backward computes both gradients in
+    one call on slices it already holds); with the 7-wide kernel the custom backward was
+    2x faster. The custom backward always holds less memory (only input and weight).
+    """
+    return max(spec.kernel[: spec.dims - rank], default=0) > 3
 
 
 def _batched(shape: Sequence[int], spec: ConvSpec) -> tuple[int, ...]:
@@ -173,7 +187,8 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
     g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
     native = g["in"] + 2 * g["out"]
     if name == "tapsum":
-        return g["in"] + g["out"] + native  # outer dims moved in front, one tap's result, the native copies
+        # outer dims moved in front, the output and one tap's result, the native copies
+        return g["in"] + 2 * g["out"] + native
     if name == "fold":
         if g["spec"].transposed:
             slabs = g["out"] * g["outer_taps"]
@@ -185,7 +200,7 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
         return columns + g["out"] + (g["in"] * math.prod(g["spec"].stride) if g["spec"].transposed else 0)
     # fft: input, output and weight spectra (complex halves, about one real element per point) and the inverse
     per_point = g["batch"] * (g["channels"] + 2 * g["out_channels"]) + g["out_channels"] * g["per_group_in"]
-    return per_point * g["fft_size"] + g["in"]
+    return 2 * per_point * g["fft_size"] + g["in"]  # x2: complex temporaries of the product, measured
 
 
 def cost(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int]) -> float:
@@ -228,9 +243,9 @@ def chunked_cost(
 
 
 # calibrated on the README's 2-core machine (see benchmarks/); only ratios matter for the choice
-_PEAK = 60e9  # float32 FLOP/s of a large GEMM
-_FFT_RATE = 4e9
-_SECONDS_PER_ELEMENT = 1.5e-9
+_PEAK = 150e9  # float32 FLOP/s of a large GEMM
+_FFT_RATE = 1e9
+_SECONDS_PER_ELEMENT = 0.5e-9
 _CALL = 30e-6
 
 
