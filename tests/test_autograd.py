@@ -66,11 +66,11 @@ def test_custom_backward_equals_autograd_through_the_lowering(case, transposed, 
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
 
 
-def test_the_function_runs_only_when_a_gradient_is_needed(monkeypatch):
+def test_the_function_runs_when_a_gradient_is_needed_and_the_rule_or_the_user_asks(monkeypatch):
     applied = []
     real = autograd.LoweredConv.apply
     monkeypatch.setattr(autograd.LoweredConv, "apply", lambda *a: applied.append(1) or real(*a))
-    x, w, b = _operands(False, {}, (3, 3, 3, 3), (2, 2, 2, 2))
+    x, w, b = _operands(False, {}, (5, 3, 3, 3), (4, 2, 2, 2))  # 4 wide in the lowered dim: custom by default
     with torch.no_grad():
         convnd.conv(x, w, b)
     assert applied == []
@@ -79,3 +79,9 @@ def test_the_function_runs_only_when_a_gradient_is_needed(monkeypatch):
     with convnd.strategy(custom_backward=False):
         convnd.conv(x, w, b).sum().backward()
     assert applied == [1]
+    narrow = w[:, :, :3].detach().requires_grad_()  # 3 wide: autograd through the lowering by default
+    convnd.conv(x, narrow, b).sum().backward()
+    assert applied == [1]
+    with convnd.strategy(custom_backward=True):
+        convnd.conv(x, narrow, b).sum().backward()
+    assert applied == [1, 1]

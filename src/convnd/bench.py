@@ -408,28 +408,35 @@ def format_table(result: Result) -> str:
 
 
 def plot(results: Sequence[Result], path: str) -> None:
-    """Bar chart: GFLOP/s of every implementation per workload, one panel per mode, the GEMM rate as a line."""
+    """Bar chart: GFLOP/s of every implementation per workload, one panel per mode, the GEMM rate as a line.
+
+    Each implementation keeps one colour in every panel; the dashes mark the GEMM rate
+    measured with each workload (the "of GEMM" reference).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    everyone = list(dict.fromkeys(n for r in results for n in r.seconds))
+    cmap = plt.get_cmap("tab20" if len(everyone) > 10 else "tab10")
+    colours = {name: cmap(i) for i, name in enumerate(everyone)}
     modes = [m for m in (False, True) if any(r.backward == m for r in results)]
-    fig, axes = plt.subplots(len(modes), 1, figsize=(11, 4.2 * len(modes)), squeeze=False)
+    fig, axes = plt.subplots(len(modes), 1, figsize=(12, 4.6 * len(modes)), squeeze=False)
     for ax, mode in zip(axes[:, 0], modes):
         rows = [r for r in results if r.backward == mode]
-        names = list(dict.fromkeys(n for r in rows for n in r.seconds))
-        width = 0.8 / len(names)
-        for i, name in enumerate(names):
-            xs = [j + i * width for j, r in enumerate(rows) if name in r.seconds]
-            ax.bar(xs, [r.gflops(name) for r in rows if name in r.seconds], width, label=name)
-        ax.axhline(rows[0].gemm / 1e9, color="black", linestyle="--", linewidth=1, label="float32 GEMM")
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))])
-        ax.set_xticklabels([r.workload.name for r in rows], rotation=15)
+        width = 0.85 / max(len(r.seconds) for r in rows)
+        for j, r in enumerate(rows):
+            for i, name in enumerate(r.seconds):
+                label = name if j == 0 or name not in rows[0].seconds else None
+                ax.bar(j + i * width, r.gflops(name), width, color=colours[name], label=label)
+            ax.plot([j - width / 2, j + 0.85 - width / 2], [r.gemm / 1e9] * 2, "k--", linewidth=1)
+        ax.set_xticks([j + 0.425 - width / 2 for j in range(len(rows))])
+        ax.set_xticklabels([r.workload.name for r in rows])
         ax.set_yscale("log")
         ax.set_ylabel("GFLOP/s (direct-convolution FLOPs)")
-        ax.set_title("forward+backward" if mode else "forward")
-        ax.legend(fontsize=7, ncol=4)
+        ax.set_title(("forward+backward" if mode else "forward") + " (dashes: float32 GEMM, same rounds)")
+        ax.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -161,6 +161,7 @@ def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_sh
         "outer_taps": math.prod(spec.kernel[:n_outer]),
         "inner_taps": math.prod(spec.kernel[n_outer:]),
         "outer_out": math.prod(out[:n_outer]),
+        "first_out": out[0],
         "outer_in": math.prod(spatial[:n_outer]),
         "inner_in": math.prod(spatial[n_outer:]),
         "batch": batch,
@@ -239,6 +240,8 @@ def chunked_cost(
         how.max_memory / 4 if how.max_memory is not None else max(g["in"] + g["out"], chunking.MIN_DEFAULT_BUDGET / 4)
     )
     pieces = math.ceil(workspace(name, spec, how, x_shape, w_shape) / max(limit, 1))
+    if pieces > g["batch"] * max(2, g["first_out"] // 2):
+        return math.inf  # even the smallest pieces chunking makes (two rows) would not fit
     return cost(name, spec, how, x_shape, w_shape) * (1 + 0.25 * max(pieces - 1, 0))
 
 

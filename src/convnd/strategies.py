@@ -60,7 +60,7 @@ def fold(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec:
     taps = math.prod(outer.kernel)
     folded = buf.reshape((math.prod(out_outer) * batch, channels * taps, *inner_size))
     w = weight.reshape((out_channels, weight.shape[1] * taps, *weight.shape[2 + n_outer :]))
-    y = lowering.native(folded, w, bias, inner)
+    y = lowering.native_lowered(folded, w, bias, inner)
     y = y.reshape((*out_outer, batch, out_channels, *y.shape[2:]))
     return y.permute(_batch_first(n_outer, rank)).contiguous()
 
