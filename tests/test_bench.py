@@ -40,6 +40,18 @@ def test_table_reports_time_rate_gemm_fraction_and_speedup():
     assert lines[2].split()[0] == "convnd" and len(lines[2].split()) == 4  # no speed-up over itself
 
 
+def test_printed_tables_parse_back_for_replotting():
+    results = [_result(False), _result(True)]
+    for r in results:
+        r.gemm = 1e9  # so the printed "of GEMM" fraction keeps two significant digits
+    text = "\n".join(bench.format_table(r) for r in results)
+    parsed = bench.parse_tables(text.replace("t: 4-d", "4d-tiny: 4-d"))
+    assert [p.backward for p in parsed] == [False, True]
+    assert parsed[0].plan == "fold native dims (1, 2, 3)"
+    assert parsed[0].seconds == pytest.approx(results[0].seconds, rel=1e-3)
+    assert parsed[0].gemm == pytest.approx(1e9, rel=0.05)
+
+
 def test_backward_rates_count_three_convolutions():
     assert _result(True).gflops("convnd") == pytest.approx(3 * _result(False).gflops("convnd"))
 

@@ -426,9 +426,11 @@ def plot(results: Sequence[Result], path: str) -> None:
     for ax, mode in zip(axes[:, 0], modes):
         rows = [r for r in results if r.backward == mode]
         width = 0.85 / max(len(r.seconds) for r in rows)
+        labelled: set[str] = set()
         for j, r in enumerate(rows):
             for i, name in enumerate(r.seconds):
-                label = name if j == 0 or name not in rows[0].seconds else None
+                label = None if name in labelled else name
+                labelled.add(name)
                 ax.bar(j + i * width, r.gflops(name), width, color=colours[name], label=label)
             ax.plot([j - width / 2, j + 0.85 - width / 2], [r.gemm / 1e9] * 2, "k--", linewidth=1)
         ax.set_xticks([j + 0.425 - width / 2 for j in range(len(rows))])
@@ -440,6 +442,21 @@ def plot(results: Sequence[Result], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def parse_tables(text: str) -> list[Result]:
+    """The results a run printed (``format_table`` output), to re-plot without timing again."""
+    results: list[Result] = []
+    for line in text.splitlines():
+        if "[forward" in line and ": " in line:
+            mode = line.split("[", 1)[1]
+            plan = mode.split("convnd plan: ", 1)[1].rstrip("]") if "convnd plan: " in mode else ""
+            results.append(Result(find(line.split(":", 1)[0]), mode.startswith("forward+backward"), {}, 0.0, plan))
+        elif results and line.startswith("  ") and not line.strip().startswith("implementation"):
+            name, ms, rate, fraction = line[2:24].strip(), *map(float, line[24:].split()[:3])
+            results[-1].seconds[name] = ms / 1e3
+            results[-1].gemm = rate * 1e9 / fraction if fraction else results[-1].gemm
+    return results
 
 
 def geometric_mean_speedup(results: Sequence[Result]) -> dict[str, float]:
@@ -519,10 +536,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overhead", action="store_true", help="also measure N <= 3 overhead over torch")
     parser.add_argument("--plot", metavar="FILE.png", default=None, help="draw the results as a bar chart")
     parser.add_argument("--memory", action="store_true", help="also measure peak extra memory of each forward")
+    parser.add_argument(
+        "--replot",
+        metavar="RESULTS.txt",
+        default=None,
+        help="draw --plot from the tables a previous run printed, without timing",
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run the benchmark the options describe."""
+    if args.replot:
+        with open(args.replot) as tables:
+            plot(parse_tables(tables.read()), args.plot or args.replot.rsplit(".", 1)[0] + ".png")
+        return 0
     workloads = list(QUICK if args.quick else WORKLOADS)
     if args.overhead or args.quick:
         workloads += OVERHEAD[:1] if args.quick else OVERHEAD
