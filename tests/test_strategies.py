@@ -148,8 +148,8 @@ def test_measured_choice_is_timed_once_and_cached(monkeypatch):
     with convnd.strategy("measure"):
         first = convnd.conv(x, w, b)
         second = convnd.conv(x, w, b)
-    assert sorted(set(timed)) == sorted(STRATEGIES)
-    assert len(timed) == 2 * len(STRATEGIES)  # the second call hit the cache
+    assert {"tapsum", "fold"} <= set(timed) <= set(STRATEGIES)  # the model's plausible ones, at least these two
+    assert len(timed) == 2 * len(set(timed))  # twice each, and the second call hit the cache
     assert torch.equal(first, second)
     np.testing.assert_allclose(first.numpy(), _oracle(x, w, b, {}), atol=1e-10)
 

@@ -94,7 +94,8 @@ def input_grad(
         adjoint = make_spec(
             spec.kernel, spec.stride, padding, spec.dilation, spec.groups, transposed=True, output_padding=extra
         )
-    adjoint_plan = lowering.plan(adjoint, how.native_rank, input_shape=grad.shape, weight_shape=weight.shape)
+    rank = how.native_rank if how.pinned else None  # an emulation's backward keeps its rank; else re-plan
+    adjoint_plan = lowering.plan(adjoint, rank, input_shape=grad.shape, weight_shape=weight.shape)
     y = run(grad, weight, None, adjoint, adjoint_plan)
     # a transposed conv whose output_padding >= stride (dilation > stride) leaves rows no input reads
     for axis, n in enumerate(size):

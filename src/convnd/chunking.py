@@ -24,12 +24,15 @@ MIN_DEFAULT_BUDGET = 256 * 1024
 
 
 def budget(x: torch.Tensor, out_numel: int, how: lowering.Plan) -> int:
-    """The plan's byte budget for temporaries: ``max_memory``, else the input plus output size (>= 256 KiB).
+    """The plan's byte budget for temporaries: ``max_memory``, else the input plus output size (>= 256 KiB),
+    unbounded for a pinned plan (see :class:`convnd.lowering.Plan`).
 
     The floor keeps small convolutions in one piece, where splitting would cost time and save nothing.
     """
     if how.max_memory is not None:
         return how.max_memory
+    if how.pinned:  # emulate/rewrite promise one native call per tap (explain counts them): split only on request
+        return 1 << 62
     return max((x.numel() + out_numel) * x.element_size(), MIN_DEFAULT_BUDGET)
 
 

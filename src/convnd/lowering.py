@@ -50,6 +50,7 @@ class Plan:
             computed in pieces that fit (None: the default budget, the input plus output size).
         custom_backward: N > r: gradients through :mod:`convnd.autograd` (lowered adjoint
             convolutions) instead of autograd through the lowering's slices.
+        pinned: the caller chose ``native_rank`` (emulate, rewrite): the backward keeps it too.
     """
 
     native_rank: int
@@ -57,6 +58,7 @@ class Plan:
     native_axes: tuple[int, ...] = ()
     max_memory: int | None = None
     custom_backward: bool = True
+    pinned: bool = False
 
 
 _DIRECT = {rank: Plan(rank, "direct") for rank in NATIVE_RANKS}
@@ -87,7 +89,8 @@ def plan(
         return _DIRECT[rank]  # prebuilt: this runs on every N <= 3 call, and Plan() costs a microsecond
     if spec.dims < rank:
         return Plan(rank, "lift")
-    return selection.choose(spec, rank, input_shape, weight_shape)
+    # a rank the caller chose (emulate, rewrite) promises the plain tap sum's native calls of that rank
+    return selection.choose(spec, rank, input_shape, weight_shape, native_only=native_rank is not None)
 
 
 def execute(
@@ -150,28 +153,23 @@ def native(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spe
 
 
 def native_lowered(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec) -> torch.Tensor:
-    """:func:`native` for the inner calls of a lowering, where bit-identity with torch.nn is not promised.
+    """:func:`native` for the inner calls of a lowering, which may see a batch of one small image.
 
-    torch sends a float32 CPU convolution of one small image (batch 1, no groups, kernel
-    <= 3) to its im2col kernel ``slow_conv3d``, measured 9x slower than oneDNN on a
-    16-channel 16^3 image and holding a 27x input buffer; lowered pieces and edge taps
-    produce such calls, so they go to oneDNN directly. Not while compiling or exporting,
-    where only the portable op may appear.
+    torch sends a float32 CPU convolution of one small image (batch 1, N*C*D*H <= 20480,
+    no groups) to its im2col kernel (``slow_conv3d``), measured 9x slower than oneDNN on a
+    16-channel 16^3 image and holding a 27x-input buffer. Lowered pieces and edge taps
+    make such calls, so they run as a batch of two (the image seen twice through a
+    stride-0 view; the second result is dropped, so gradients stay exact): oneDNN's path,
+    at worst twice a small call. Still ``aten.convolution``, so it traces and exports.
     """
-    padding = spec.native_padding
     if (
         x.shape[0] == 1
         and x.device.type == "cpu"
         and x.dtype == torch.float32
-        and not spec.transposed
         and spec.groups == 1
-        and spec.padding_mode == "zeros"
-        and isinstance(padding, tuple)
-        and torch.backends.mkldnn.is_available()
-        and not torch.compiler.is_compiling()
-        and not torch.onnx.is_in_onnx_export()
+        and math.prod(x.shape[:4]) <= 20480
     ):
-        return torch.mkldnn_convolution(x, weight, bias, padding, spec.stride, spec.dilation, 1)
+        return native(x.expand((2, *x.shape[1:])), weight, bias, spec)[:1]
     return native(x, weight, bias, spec)
 
 

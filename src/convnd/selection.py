@@ -78,9 +78,19 @@ def strategy(
 
 
 def choose(
-    spec: ConvSpec, rank: int, input_shape: Sequence[int] | None, weight_shape: Sequence[int] | None
+    spec: ConvSpec,
+    rank: int,
+    input_shape: Sequence[int] | None,
+    weight_shape: Sequence[int] | None,
+    *,
+    native_only: bool = False,
 ) -> lowering.Plan:
-    """The plan for N > r: forced settings first, then the cost model (tapsum without shapes)."""
+    """The plan for N > r: forced settings first, then the cost model (tapsum without shapes).
+
+    ``native_only`` is for callers that chose the rank (``emulate``, ``rewrite``): their plans
+    are the plain tap sum over the trailing dims unless :func:`strategy` says otherwise, so the
+    native calls they promise (and ``explain`` counts) are the ones that run.
+    """
     forced = _FORCED[-1] if _FORCED else {}
     name, axes, budget = forced.get("strategy"), forced.get("native_axes"), forced.get("max_memory")
     custom = forced.get("custom_backward")
@@ -88,8 +98,8 @@ def choose(
         custom = custom_backward_pays(spec, rank)
     if axes is not None and (len(axes) != rank or axes[-1] >= spec.dims):
         fail("native_axes", axes, f"{rank} distinct spatial dims below {spec.dims}", reason=f"native rank {rank}")
-    if input_shape is None or weight_shape is None:
-        return lowering.Plan(rank, name or "tapsum", axes or (), budget, custom)
+    if native_only or input_shape is None or weight_shape is None:
+        return lowering.Plan(rank, name or "tapsum", axes or (), budget, custom, pinned=native_only)
     x_shape = _batched(input_shape, spec)
     if axes is None:
         axes = largest_axes(x_shape[2:], rank)
@@ -264,16 +274,26 @@ def _rate(reduction: int, outputs: int, gemm: bool = False) -> float:
 def measured(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, how: lowering.Plan
 ) -> lowering.Plan:
-    """The fastest strategy for these operands, timed once per (spec, shapes, dtype, device) and cached."""
-    key = (spec, how.native_rank, how.native_axes, tuple(x.shape), tuple(weight.shape), x.dtype, x.device.type)
+    """The fastest strategy for these operands, timed once per (spec, shapes, dtype, device) and cached.
+
+    Only the strategies the cost model puts within 4x of its favourite are timed (twice
+    each, best of two, within the memory budget), so the first call costs a few calls,
+    not an FFT of a volume the model already knows is hopeless. While compiling, the
+    cost model decides alone.
+    """
+    shapes = (tuple(x.shape), tuple(weight.shape))
+    costs = {name: chunked_cost(name, spec, how, *shapes) for name in STRATEGIES}
+    if torch.compiler.is_compiling():
+        return replace(how, strategy=min(costs, key=costs.__getitem__))
+    key = (spec, how.native_rank, how.native_axes, *shapes, x.dtype, x.device.type)
     if key not in _MEASURED:
-        if torch.compiler.is_compiling():
-            return choose(spec, how.native_rank, x.shape, weight.shape)
+        best = min(costs.values())
         times = {}
         with torch.no_grad():
             for name in STRATEGIES:
-                trial = replace(how, strategy=name)
-                times[name] = min(_seconds(x, weight, bias, spec, trial) for _ in range(2))
+                if costs[name] <= 4 * best:
+                    trial = replace(how, strategy=name)
+                    times[name] = min(_seconds(x, weight, bias, spec, trial) for _ in range(2))
         _MEASURED[key] = min(times, key=times.__getitem__)
     return replace(how, strategy=_MEASURED[key])
 
@@ -282,7 +302,7 @@ def _seconds(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, how: lowering.Plan
 ) -> float:
     start = time.perf_counter()
-    lowering.lowered(x, weight, bias, spec, how)
+    chunking.run_within(x, weight, bias, spec, how)
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     return time.perf_counter() - start
