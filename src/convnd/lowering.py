@@ -47,7 +47,7 @@ class Plan:
         native_axes: N > r: the spatial dims the native kernel runs over, ascending; () means
             the trailing r. The others are lowered.
         max_memory: N > r: a byte budget for the plan's temporary buffers; the output is
-            computed in pieces that fit (None: the default budget, the input plus output size).
+            computed in pieces that fit (None: the default budget, 1.25x the input plus output size).
         custom_backward: N > r: gradients through :mod:`convnd.autograd` (lowered adjoint
             convolutions) instead of autograd through the lowering's slices.
         pinned: the caller chose ``native_rank`` (emulate, rewrite): the backward keeps it too.

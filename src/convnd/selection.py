@@ -185,6 +185,8 @@ def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_sh
         * per_group_in
         * math.prod(spec.kernel)
         * math.prod(out if not spec.transposed else spatial),
+        # what unfold and fft compute: a transposed convolution as the forward one over zero-spaced input
+        "dense_macs": batch * out_channels * per_group_in * math.prod(spec.kernel) * math.prod(out),
     }
 
 
@@ -207,7 +209,7 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
         folded = g["batch"] * g["channels"] * g["outer_taps"] * g["outer_out"] * g["inner_in"]
         return 2 * folded + 3 * g["out"]
     if name == "unfold":
-        columns = g["macs"] // max(g["per_group_out"], 1)
+        columns = g["dense_macs"] // max(g["per_group_out"], 1)
         return columns + g["out"] + (g["in"] * math.prod(g["spec"].stride) if g["spec"].transposed else 0)
     # fft: input, output and weight spectra (complex halves, about one real element per point) and the inverse
     per_point = g["batch"] * (g["channels"] + 2 * g["out_channels"]) + g["out_channels"] * g["per_group_in"]
@@ -229,7 +231,7 @@ def cost(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], 
             rate /= 8  # folding taps makes a depthwise weight merely grouped: oneDNN's depthwise kernel is lost
         return flops / rate + traffic + _CALL
     if name == "unfold":
-        return flops / _rate(inner * g["outer_taps"], g["per_group_out"], gemm=True) + traffic
+        return 2 * g["dense_macs"] / _rate(inner * g["outer_taps"], g["per_group_out"], gemm=True) + traffic
     points = g["fft_size"]
     transforms = (g["batch"] * (g["channels"] + g["out_channels"]) + g["out_channels"] * g["per_group_in"]) * points
     products = 4 * g["batch"] * g["out_channels"] * g["per_group_in"] * points
@@ -247,7 +249,9 @@ def chunked_cost(
     """
     g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
     limit = (
-        how.max_memory / 4 if how.max_memory is not None else max(g["in"] + g["out"], chunking.MIN_DEFAULT_BUDGET / 4)
+        how.max_memory / 4
+        if how.max_memory is not None
+        else max(chunking.DEFAULT_BUDGET_RATIO * (g["in"] + g["out"]), chunking.MIN_DEFAULT_BUDGET / 4)
     )
     pieces = math.ceil(workspace(name, spec, how, x_shape, w_shape) / max(limit, 1))
     if pieces > g["batch"] * max(2, g["first_out"] // 2):
