@@ -20,6 +20,7 @@ import argparse
 import importlib.util
 import itertools
 import math
+import random
 import statistics
 import sys
 import time
@@ -245,16 +246,19 @@ def time_side_by_side(
 ) -> dict[str, float]:
     """Median seconds of each step over ``rounds`` interleaved rounds (after one warm-up run each).
 
-    Each round runs every step once, starting from a different step each round, so slow
-    drifts of a shared machine and first-in-round effects hit every step alike.
+    Each round runs every step once, in a fresh (seeded) order, so slow drifts of a shared
+    machine and who-runs-after-whom effects hit every step alike.
     """
     for step in steps.values():
         step()
     samples: dict[str, list[float]] = {name: [] for name in steps}
     names = list(steps)
-    for round_ in range(rounds):
-        # rotate who goes first: the first run after another workload pays for fresh pages
-        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+    order = random.Random(0)
+    for _ in range(rounds):
+        # a fresh order each round: whoever runs right after the GEMM (or after another workload) runs
+        # measurably slower, and with a fixed cyclic order that was always the same implementation
+        order.shuffle(names)
+        for name in names:
             start = time.perf_counter()
             steps[name]()
             samples[name].append(time.perf_counter() - start)
