@@ -23,6 +23,7 @@ from .modules import (
     ConvTransposeNd,
 )
 from .rewriting import rewrite
+from .selection import strategy
 from .spec import ConvSpec, make_spec
 
 __version__ = "0.1.0"
@@ -50,4 +51,5 @@ __all__ = [
     "make_spec",
     "reference",
     "rewrite",
+    "strategy",
 ]

@@ -49,7 +49,8 @@ def run(
     ):
         # torch's own layout and no flip, the common case: nothing to resolve or move, so skip it
         check_operands(input, weight, bias, spec)
-        return execute(input, weight, bias, spec, plan(spec, native_rank))
+        how = plan(spec, native_rank, input_shape=input.shape, weight_shape=weight.shape)
+        return execute(input, weight, bias, spec, how)
     input = check_tensor("input", input)
     layout = resolve_layout(input.dim(), spec.dims, channel_dim, spatial_dims)
     if not isinstance(convolution, bool):
@@ -59,7 +60,7 @@ def run(
         weight = weight.flip(tuple(range(2, weight.dim())))
     x = layout.to_canonical(input)
     check_operands(x, weight, bias, spec)
-    y = execute(x, weight, bias, spec, plan(spec, native_rank))
+    y = execute(x, weight, bias, spec, plan(spec, native_rank, input_shape=x.shape, weight_shape=weight.shape))
     return layout.from_canonical(y, input.shape)
 
 

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
+# the strategy modules call back into this one (native, the gather/scatter steps) at run time
+from . import autograd, selection, strategies
 from .errors import fail
 from .padding import pad_nd, torch_pad_order
 from .spec import ConvSpec
@@ -39,29 +42,55 @@ class Plan:
 
     Attributes:
         native_rank: the spatial rank of every native torch convolution the plan runs.
-        strategy: ``direct``, ``lift`` or ``tapsum`` (see the module docstring).
+        strategy: ``direct``, ``lift``, or for N > r one of :data:`LOWERINGS` (see the module
+            docstring and :mod:`convnd.strategies`), or ``measure`` (time them once, cache the best).
+        native_axes: N > r: the spatial dims the native kernel runs over, ascending; () means
+            the trailing r. The others are lowered.
+        max_memory: N > r: a byte budget for the plan's temporary buffers; the output is
+            computed in pieces that fit (None: the default budget, 1.25x the input plus output size).
+        custom_backward: N > r: gradients through :mod:`convnd.autograd` (lowered adjoint
+            convolutions) instead of autograd through the lowering's slices.
+        pinned: the caller chose ``native_rank`` (emulate, rewrite): the backward keeps it too.
     """
 
     native_rank: int
     strategy: str
+    native_axes: tuple[int, ...] = ()
+    max_memory: int | None = None
+    custom_backward: bool = True
+    pinned: bool = False
 
 
 _DIRECT = {rank: Plan(rank, "direct") for rank in NATIVE_RANKS}
 
 
-def plan(spec: ConvSpec, native_rank: int | None = None) -> Plan:
+def plan(
+    spec: ConvSpec,
+    native_rank: int | None = None,
+    *,
+    input_shape: Sequence[int] | None = None,
+    weight_shape: Sequence[int] | None = None,
+) -> Plan:
     """Choose how to run ``spec``; ``native_rank`` forces the rank of the native kernels.
+
+    Past the native rank the strategy, the native dims and the memory budget come from
+    :func:`convnd.strategy` when it forces them, else from the cost model in
+    :mod:`convnd.selection` when the operand shapes are given, else ``tapsum`` over the trailing dims.
 
     Args:
         spec: the convolution.
         native_rank: 1, 2 or 3; by default the spec's own rank, capped at 3.
+        input_shape, weight_shape: the operands' shapes (batched or not), for the cost model.
     """
     rank = min(spec.dims, 3) if native_rank is None else native_rank
     if rank not in NATIVE_RANKS:
         fail("dims", native_rank, "1, 2 or 3", reason="torch has native convolutions of these ranks only")
     if spec.dims == rank:
         return _DIRECT[rank]  # prebuilt: this runs on every N <= 3 call, and Plan() costs a microsecond
-    return Plan(rank, "lift" if spec.dims < rank else "tapsum")
+    if spec.dims < rank:
+        return Plan(rank, "lift")
+    # a rank the caller chose (emulate, rewrite) promises the plain tap sum's native calls of that rank
+    return selection.choose(spec, rank, input_shape, weight_shape, native_only=native_rank is not None)
 
 
 def execute(
@@ -80,8 +109,26 @@ def execute(
     if how.strategy == "lift":
         y = _lift(x, weight, bias, spec, how.native_rank)
     else:
-        y = _tapsum(x, weight, bias, spec, how.native_rank)
+        y = autograd.run(x, weight, bias, spec, how)
     return y if batched else y.squeeze(0)
+
+
+def lowered(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, how: Plan
+) -> torch.Tensor:
+    """Run a batched N > r convolution with ``how.strategy``, its native dims moved to the back first."""
+    order = selection.axis_order(spec.dims, how.native_rank, how.native_axes)
+    if order != tuple(range(spec.dims)):
+        back = tuple(order.index(a) for a in range(spec.dims))
+        y = lowered(_move(x, order), _move(weight, order), bias, spec.select(order), replace(how, native_axes=()))
+        return _move(y, back)
+    return LOWERINGS[how.strategy](x, weight, bias, spec, how.native_rank)
+
+
+def _move(t: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
+    """Reorder the spatial dims (the trailing ``len(order)``) of ``t``."""
+    lead = t.dim() - len(order)
+    return t.permute((*range(lead), *(lead + a for a in order)))
 
 
 def native(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec) -> torch.Tensor:
@@ -103,6 +150,27 @@ def native(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spe
         x = F.pad(x, torch_pad_order(tuple((lo - c, hi - c) for (lo, hi), c in zip(spec.padding, common))))
         padding = common
     return _CONV[spec.dims](x, weight, bias, spec.stride, padding, spec.dilation, spec.groups)
+
+
+def native_lowered(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec) -> torch.Tensor:
+    """:func:`native` for the inner calls of a lowering, which may see a batch of one small image.
+
+    torch sends a float32 CPU convolution of one small image (batch 1, N*C*D*H <= 20480,
+    no groups) to its im2col kernel (``slow_conv3d``), measured 9x slower than oneDNN on a
+    16-channel 16^3 image and holding a 27x-input buffer. Lowered pieces and edge taps
+    make such calls, so they run as a batch of two (the image seen twice through a
+    stride-0 view; the second result is dropped, so gradients stay exact): oneDNN's path,
+    at worst twice a small call. Still ``aten.convolution``, so it traces and exports.
+    """
+    if (
+        x.shape[0] == 1
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and spec.groups == 1
+        and math.prod(x.shape[:4]) <= 20480
+    ):
+        return native(x.expand((2, *x.shape[1:])), weight, bias, spec)[:1]
+    return native(x, weight, bias, spec)
 
 
 def _lift(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, rank: int) -> torch.Tensor:
@@ -146,7 +214,7 @@ def _tapsum(
         xs = xp[tuple(src for src, _ in windows)]
         counts = xs.shape[:n_outer]
         folded = xs.reshape((math.prod(counts) * batch, channels, *xs.shape[n_outer + 2 :]))
-        ys = native(folded, weight[(slice(None), slice(None), *tap)], None, inner)
+        ys = native_lowered(folded, weight[(slice(None), slice(None), *tap)], None, inner)
         # add_ on the view, not `+=`: Python's `yp[i] += v` also runs yp[i] = ..., a copy that autograd
         # rejects once the indexed view is yp itself (a slice covering a whole dim)
         yp[tuple(dst for _, dst in windows)].add_(ys.reshape((*counts, batch, out_channels, *ys.shape[2:])))
@@ -156,6 +224,14 @@ def _tapsum(
 
 
 Window = tuple[slice, slice]
+
+# N > r strategies by name: tapsum lives here, the others in convnd.strategies
+LOWERINGS = {
+    "tapsum": _tapsum,
+    "fold": strategies.fold,
+    "unfold": strategies.unfold,
+    "fft": strategies.fft,
+}
 
 
 def _gather_step(tap: int, size: int, out: int, stride: int, dilation: int, low: int) -> Window | None:

@@ -1,0 +1,163 @@
+"""The backward pass of a lowered convolution, written as lowered convolutions.
+
+Autograd through a lowering records every tap's slices and copies and replays them
+backwards. This :class:`torch.autograd.Function` saves only the input and the weight
+and computes, through the same planner:
+
+- the input gradient of a convolution as the lowered *transposed* convolution of the
+  output gradient (and of a transposed convolution as the lowered convolution), so the
+  backward gets its own strategy choice and memory budget;
+- the weight gradient as a correlation of the input with the output gradient: for each
+  outer kernel tap, one native r-d weight-gradient kernel
+  (``aten.convolution_backward``) over the folded slices that tap pairs up;
+- the bias gradient as a sum.
+
+Every step is itself differentiable, so double backward works. Only shapes (ints) steer
+the computation, never tensor values, so it traces under ``torch.compile`` and
+``torch.export``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import chunking, lowering, selection
+from .padding import pad_nd, torch_pad_order
+from .spec import ConvSpec, make_spec
+
+
+def run(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, how: lowering.Plan
+) -> torch.Tensor:
+    """A batched lowered convolution, with the custom backward when a gradient is needed and the plan asks."""
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    if not (wants_grad and how.custom_backward):
+        return chunking.run_within(x, weight, bias, spec, how)
+    if spec.padding_mode != "zeros" or not spec.symmetric:
+        # explicit padding (its own backward is autograd's), so the adjoint below sees symmetric zeros
+        x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()
+    return LoweredConv.apply(x, weight, bias, spec, how)
+
+
+class LoweredConv(torch.autograd.Function):
+    """``y = lowered(x, w, b)`` with the backward above (see the module docstring)."""
+
+    @staticmethod
+    def forward(
+        x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, how: lowering.Plan
+    ) -> torch.Tensor:
+        return chunking.run_within(x, weight, bias, spec, how)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        x, weight, _, spec, how = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.spec, ctx.how = spec, how
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        x, weight = ctx.saved_tensors
+        spec, how = ctx.spec, ctx.how
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = input_grad(grad, weight, spec, tuple(x.shape[2:]), how)
+        if ctx.needs_input_grad[1]:
+            if spec.transposed:  # y = T(x, w) is the adjoint of z = conv(u, w): dw pairs u = grad with dz = x
+                grad_w = weight_grad(grad, x, weight, _forward_of(spec), how)
+            else:
+                grad_w = weight_grad(x, grad, weight, spec, how)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, *range(2, grad.dim())))
+        return grad_x, grad_w, grad_b, None, None
+
+
+def _forward_of(spec: ConvSpec) -> ConvSpec:
+    """The convolution a transposed spec is the adjoint of (symmetric zero padding)."""
+    return make_spec(spec.kernel, spec.stride, tuple(lo for lo, _ in spec.padding), spec.dilation, spec.groups)
+
+
+def input_grad(
+    grad: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, size: tuple[int, ...], how: lowering.Plan
+) -> torch.Tensor:
+    """The input gradient: the adjoint convolution of ``grad``, planned like any other, cropped to ``size``."""
+    padding = tuple(lo for lo, _ in spec.padding)
+    if spec.transposed:
+        adjoint = _forward_of(spec)
+    else:
+        natural = make_spec(spec.kernel, spec.stride, padding, spec.dilation, spec.groups, transposed=True)
+        extra = tuple(n - m for n, m in zip(size, natural.output_size(grad.shape[2:])))
+        adjoint = make_spec(
+            spec.kernel, spec.stride, padding, spec.dilation, spec.groups, transposed=True, output_padding=extra
+        )
+    rank = how.native_rank if how.pinned else None  # an emulation's backward keeps its rank; else re-plan
+    adjoint_plan = lowering.plan(adjoint, rank, input_shape=grad.shape, weight_shape=weight.shape)
+    y = run(grad, weight, None, adjoint, adjoint_plan)
+    # a transposed conv whose output_padding >= stride (dilation > stride) leaves rows no input reads
+    for axis, n in enumerate(size):
+        y = y.narrow(2 + axis, 0, n)
+    return y
+
+
+def weight_grad(
+    u: torch.Tensor, gz: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, how: lowering.Plan
+) -> torch.Tensor:
+    """d<z, gz>/dw for ``z = conv(u, w)`` (symmetric zero padding): one native weight-gradient call per outer tap."""
+    order = selection.axis_order(spec.dims, how.native_rank, how.native_axes)
+    back = tuple(order.index(a) for a in range(spec.dims))
+    u, gz, w = (lowering._move(t, order) for t in (u, gz, weight))
+    spec = spec.select(order)
+    n_outer = spec.dims - how.native_rank
+    outer, inner = spec.select(range(n_outer)), spec.select(range(n_outer, spec.dims))
+    grad_w = torch.zeros_like(w)
+    batch = u.shape[0]
+    for tap in itertools.product(*(range(k) for k in outer.kernel)):
+        windows = [
+            lowering._gather_step(t, n, o, s, d, lo)
+            for t, n, o, s, d, (lo, _) in zip(
+                tap, u.shape[2:], gz.shape[2:], outer.stride, outer.dilation, outer.padding
+            )
+        ]
+        if any(window is None for window in windows):
+            continue  # this tap reads only zero padding: its gradient is zero
+        us = _fold(u[(slice(None), slice(None), *(src for src, _ in windows))], n_outer, batch)
+        gzs = _fold(gz[(slice(None), slice(None), *(dst for _, dst in windows))], n_outer, batch)
+        us = _pad_inner(us, gzs, inner)
+        w_tap = w[(slice(None), slice(None), *tap)]
+        tap_grad = torch.ops.aten.convolution_backward(
+            gzs,
+            us,
+            w_tap,
+            None,
+            inner.stride,
+            (0,) * inner.dims,  # padded explicitly by _pad_inner
+            inner.dilation,
+            False,
+            (0,) * inner.dims,
+            spec.groups,
+            (False, True, False),
+        )[1]
+        grad_w[(slice(None), slice(None), *tap)] = tap_grad
+    return lowering._move(grad_w, back)
+
+
+def _fold(t: torch.Tensor, n_outer: int, batch: int) -> torch.Tensor:
+    """(B, C, *outer, *inner) -> (prod(outer) * B, C, *inner): outer positions into the batch."""
+    t = t.movedim(tuple(range(2, 2 + n_outer)), tuple(range(n_outer)))
+    return t.reshape((math.prod(t.shape[:n_outer]) * batch, *t.shape[n_outer + 1 :]))
+
+
+def _pad_inner(us: torch.Tensor, gzs: torch.Tensor, inner: ConvSpec) -> torch.Tensor:
+    """Pad explicitly, then keep exactly the rows the outputs read, so the native kernel's sizes match.
+
+    (A transposed convolution's output gradient can be longer than its forward
+    convolution reads, and symmetric native padding cannot express the crop.)
+    """
+    us = F.pad(us, torch_pad_order(inner.padding))
+    for axis, (m, s, w) in enumerate(zip(gzs.shape[2:], inner.stride, inner.window)):
+        us = us.narrow(2 + axis, 0, (m - 1) * s + w)
+    return us

@@ -1,0 +1,312 @@
+"""Which lowering runs a convolution past the native rank: a cost model, a measured cache, a switch.
+
+- :func:`strategy` (exported as ``convnd.strategy``) forces a strategy, the native dims
+  and/or a memory budget inside a ``with`` block.
+- :func:`choose` is the default: the native dims are the largest ones; the strategy is
+  the cheapest by :func:`cost`, a two-term model (arithmetic at a rate that grows with
+  the GEMM's reduction length, plus memory traffic), calibrated on a 2-core CPU.
+- ``strategy("measure")`` times every strategy once per (spec, shapes, dtype, device)
+  and caches the fastest, as ``torch.backends.cudnn.benchmark`` does.
+
+Only shapes (ints) are read here, never tensor values, so plans are traceable by
+``torch.compile`` and ``torch.export``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from . import chunking, lowering
+from .errors import fail
+from .spec import ConvSpec
+
+STRATEGIES = ("tapsum", "fold", "unfold", "fft")
+_FORCED: list[dict[str, Any]] = []
+_MEASURED: dict[tuple[Any, ...], str] = {}
+
+
+@contextlib.contextmanager
+def strategy(
+    name: str | None = None,
+    *,
+    native_axes: Sequence[int] | None = None,
+    max_memory: int | None = None,
+    custom_backward: bool | None = None,
+) -> Iterator[None]:
+    """Force how convolutions past the native rank run inside a ``with`` block.
+
+    Args:
+        name: ``tapsum``, ``fold``, ``unfold``, ``fft``, or ``measure`` (time each once and
+            cache the fastest); None keeps the cost model's choice.
+        native_axes: the spatial dims the native kernels run over (as many as the native rank).
+        max_memory: a byte budget for temporary buffers; outputs are computed in pieces within it.
+        custom_backward: True: gradients through :mod:`convnd.autograd`; False: autograd through the
+            lowering; None: the planner's rule (:func:`custom_backward_pays`).
+
+    Example:
+        >>> x, w = torch.randn(1, 2, 5, 5, 5, 5), torch.randn(3, 2, 3, 3, 3, 3)
+        >>> with strategy("fold", max_memory=1 << 20):
+        ...     y = convnd.conv(x, w)
+    """
+    if name is not None and name not in (*STRATEGIES, "measure"):
+        fail("strategy", name, "one of " + ", ".join(repr(s) for s in (*STRATEGIES, "measure")))
+    if max_memory is not None and (isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory < 1):
+        fail(
+            "max_memory",
+            max_memory,
+            "a positive int (bytes)",
+            kind="type" if not isinstance(max_memory, int) else "value",
+        )
+    axes = None if native_axes is None else tuple(sorted(native_axes))
+    if axes is not None and (len(set(axes)) != len(axes) or any(not isinstance(a, int) or a < 0 for a in axes)):
+        fail("native_axes", native_axes, "distinct spatial dim indices >= 0")
+    _FORCED.append(
+        {"strategy": name, "native_axes": axes, "max_memory": max_memory, "custom_backward": custom_backward}
+    )
+    try:
+        yield
+    finally:
+        _FORCED.pop()
+
+
+def choose(
+    spec: ConvSpec,
+    rank: int,
+    input_shape: Sequence[int] | None,
+    weight_shape: Sequence[int] | None,
+    *,
+    native_only: bool = False,
+) -> lowering.Plan:
+    """The plan for N > r: forced settings first, then the cost model (tapsum without shapes).
+
+    ``native_only`` is for callers that chose the rank (``emulate``, ``rewrite``): their plans
+    are the plain tap sum over the trailing dims unless :func:`strategy` says otherwise, so the
+    native calls they promise (and ``explain`` counts) are the ones that run.
+    """
+    forced = _FORCED[-1] if _FORCED else {}
+    name, axes, budget = forced.get("strategy"), forced.get("native_axes"), forced.get("max_memory")
+    custom = forced.get("custom_backward")
+    if custom is None:
+        custom = custom_backward_pays(spec, rank)
+    if axes is not None and (len(axes) != rank or axes[-1] >= spec.dims):
+        fail("native_axes", axes, f"{rank} distinct spatial dims below {spec.dims}", reason=f"native rank {rank}")
+    if native_only or input_shape is None or weight_shape is None:
+        return lowering.Plan(rank, name or "tapsum", axes or (), budget, custom, pinned=native_only)
+    x_shape = _batched(input_shape, spec)
+    if axes is None:
+        axes = largest_axes(x_shape[2:], rank)
+    if name is None:
+        name = cheapest(spec, lowering.Plan(rank, "tapsum", axes, budget), x_shape, tuple(weight_shape))
+    return lowering.Plan(rank, name, axes, budget, custom)
+
+
+@functools.lru_cache(maxsize=4096)
+def cheapest(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> str:
+    """The strategy the cost model prefers (cached: it is pure arithmetic on hashable arguments)."""
+    costs = [chunked_cost(s, spec, how, x_shape, w_shape) for s in STRATEGIES]
+    return STRATEGIES[costs.index(min(costs))]  # not min(key=...): torch.compile cannot trace that
+
+
+def custom_backward_pays(spec: ConvSpec, rank: int) -> bool:
+    """Whether :mod:`convnd.autograd` beats autograd through the lowering: for kernels wider than 3 in a lowered dim.
+
+    Measured side by side (README, forward+backward): with 3-wide kernels autograd through
+    the lowering was 1.1-2x faster (its per-tap native backward computes both gradients in
+    one call on slices it already holds); with the 7-wide kernel the custom backward was
+    2x faster. The custom backward always holds less memory (only input and weight).
+    """
+    return max(spec.kernel[: spec.dims - rank], default=0) > 3
+
+
+def _batched(shape: Sequence[int], spec: ConvSpec) -> tuple[int, ...]:
+    shape = tuple(shape)
+    return shape if len(shape) == spec.dims + 2 else (1, *shape)
+
+
+def largest_axes(spatial: Sequence[int], rank: int) -> tuple[int, ...]:
+    """The ``rank`` largest spatial dims (the later one on ties), ascending: they stay native."""
+    by_size = sorted((size, axis) for axis, size in enumerate(spatial))
+    return tuple(sorted(axis for _, axis in by_size[-rank:]))
+
+
+def axis_order(dims: int, rank: int, native_axes: tuple[int, ...]) -> tuple[int, ...]:
+    """Lowered dims first, native dims last (both ascending)."""
+    native = native_axes or tuple(range(dims - rank, dims))
+    return (*(a for a in range(dims) if a not in native), *native)
+
+
+def chunk_axis(dims: int, how: lowering.Plan) -> int:
+    """The spatial dim a too-large output is split along: the first lowered one."""
+    return axis_order(dims, how.native_rank, how.native_axes)[0]
+
+
+# --- the model --------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Sizes the model reads, with the native dims moved to the back."""
+    order = axis_order(spec.dims, how.native_rank, how.native_axes)
+    spec = spec.select(order)
+    spatial = tuple(x_shape[2 + a] for a in order)
+    n_outer = spec.dims - how.native_rank
+    out = spec.output_size(spatial)
+    batch, channels = x_shape[:2]
+    out_channels = w_shape[1] * spec.groups if spec.transposed else w_shape[0]
+    per_group_in = channels // spec.groups
+    padded = tuple(m + lo + hi for m, (lo, hi) in zip(spatial, spec.padding))
+    return {
+        "spec": spec,
+        "n_outer": n_outer,
+        "in": batch * channels * math.prod(spatial),
+        "out": batch * out_channels * math.prod(out),
+        "outer_taps": math.prod(spec.kernel[:n_outer]),
+        "inner_taps": math.prod(spec.kernel[n_outer:]),
+        "outer_out": math.prod(out[:n_outer]),
+        "first_out": out[0],
+        "outer_in": math.prod(spatial[:n_outer]),
+        "inner_in": math.prod(spatial[n_outer:]),
+        "batch": batch,
+        "channels": channels,
+        "out_channels": out_channels,
+        "per_group_in": per_group_in,
+        "per_group_out": out_channels // spec.groups,
+        "fft_size": math.prod(padded) if not spec.transposed else math.prod(out) + math.prod(spec.window),
+        "macs": batch
+        * out_channels
+        * per_group_in
+        * math.prod(spec.kernel)
+        * math.prod(out if not spec.transposed else spatial),
+        # what unfold and fft compute: a transposed convolution as the forward one over zero-spaced input
+        "dense_macs": batch * out_channels * per_group_in * math.prod(spec.kernel) * math.prod(out),
+    }
+
+
+def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int]) -> int:
+    """Elements of temporary buffers strategy ``name`` allocates for the whole convolution (an estimate).
+
+    A native call holds its own copies too (oneDNN reorders its input and output into
+    blocked layouts): counted as one input and two outputs per call, as measured with
+    peak RSS (see ``convnd.bench.peak_extra_memory``).
+    """
+    g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
+    native = g["in"] + 2 * g["out"]
+    if name == "tapsum":
+        # outer dims moved in front, the output and one tap's result, the native copies
+        return g["in"] + 2 * g["out"] + native
+    if name == "fold":
+        if g["spec"].transposed:
+            slabs = g["out"] * g["outer_taps"]
+            return g["in"] + 2 * slabs + g["out"] + g["in"]
+        folded = g["batch"] * g["channels"] * g["outer_taps"] * g["outer_out"] * g["inner_in"]
+        return 2 * folded + 3 * g["out"]
+    if name == "unfold":
+        columns = g["dense_macs"] // max(g["per_group_out"], 1)
+        return columns + g["out"] + (g["in"] * math.prod(g["spec"].stride) if g["spec"].transposed else 0)
+    # fft: input, output and weight spectra (complex halves, about one real element per point) and the inverse
+    per_point = g["batch"] * (g["channels"] + 2 * g["out_channels"]) + g["out_channels"] * g["per_group_in"]
+    return 2 * per_point * g["fft_size"] + g["in"]  # x2: complex temporaries of the product, measured
+
+
+def cost(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int]) -> float:
+    """Estimated seconds for strategy ``name`` on a CPU: arithmetic at a reduction-dependent rate plus traffic."""
+    g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
+    traffic = workspace(name, spec, how, x_shape, w_shape) * _SECONDS_PER_ELEMENT
+    flops = 2 * g["macs"]
+    inner = g["per_group_in"] * g["inner_taps"]
+    if name == "tapsum":
+        calls = g["outer_taps"]
+        return flops / _rate(inner, g["per_group_out"]) + traffic * calls / 2 + calls * _CALL
+    if name == "fold":
+        rate = _rate(inner * g["outer_taps"], g["per_group_out"])
+        if g["per_group_in"] == 1 < g["spec"].groups:
+            rate /= 8  # folding taps makes a depthwise weight merely grouped: oneDNN's depthwise kernel is lost
+        return flops / rate + traffic + _CALL
+    if name == "unfold":
+        return 2 * g["dense_macs"] / _rate(inner * g["outer_taps"], g["per_group_out"], gemm=True) + traffic
+    points = g["fft_size"]
+    transforms = (g["batch"] * (g["channels"] + g["out_channels"]) + g["out_channels"] * g["per_group_in"]) * points
+    products = 4 * g["batch"] * g["out_channels"] * g["per_group_in"] * points
+    return (5 * transforms * math.log2(max(points, 2)) + products) / _FFT_RATE + traffic
+
+
+def chunked_cost(
+    name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int]
+) -> float:
+    """:func:`cost` when the memory budget splits the output into pieces (float32 assumed for a byte budget).
+
+    Each piece pays its calls again and re-reads a halo of input rows; a quarter of the
+    whole cost per extra piece is the (deliberately rough) price, so memory-hungry
+    strategies win only when they are much faster.
+    """
+    g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
+    limit = (
+        how.max_memory / 4
+        if how.max_memory is not None
+        else max(chunking.DEFAULT_BUDGET_RATIO * (g["in"] + g["out"]), chunking.MIN_DEFAULT_BUDGET / 4)
+    )
+    pieces = math.ceil(workspace(name, spec, how, x_shape, w_shape) / max(limit, 1))
+    if pieces > g["batch"] * max(2, g["first_out"] // 2):
+        return math.inf  # even the smallest pieces chunking makes (two rows) would not fit
+    return cost(name, spec, how, x_shape, w_shape) * (1 + 0.25 * max(pieces - 1, 0))
+
+
+# calibrated on the README's 2-core machine (see benchmarks/); only ratios matter for the choice
+_PEAK = 150e9  # float32 FLOP/s of a large GEMM
+_FFT_RATE = 1e9
+_SECONDS_PER_ELEMENT = 0.5e-9
+_CALL = 30e-6
+
+
+def _rate(reduction: int, outputs: int, gemm: bool = False) -> float:
+    """FLOP/s of a native convolution (or GEMM) whose reduction is ``reduction`` long, ``outputs`` wide."""
+    fill = reduction / (reduction + (64 if gemm else 128)) * outputs / (outputs + 8)
+    return _PEAK * fill
+
+
+# --- measured ----------------------------------------------------------------------------
+
+
+def measured(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, how: lowering.Plan
+) -> lowering.Plan:
+    """The fastest strategy for these operands, timed once per (spec, shapes, dtype, device) and cached.
+
+    Only the strategies the cost model puts within 4x of its favourite are timed (twice
+    each, best of two, within the memory budget), so the first call costs a few calls,
+    not an FFT of a volume the model already knows is hopeless. While compiling, the
+    cost model decides alone.
+    """
+    shapes = (tuple(x.shape), tuple(weight.shape))
+    costs = {name: chunked_cost(name, spec, how, *shapes) for name in STRATEGIES}
+    if torch.compiler.is_compiling():
+        return replace(how, strategy=min(costs, key=costs.__getitem__))
+    key = (spec, how.native_rank, how.native_axes, *shapes, x.dtype, x.device.type)
+    if key not in _MEASURED:
+        best = min(costs.values())
+        times = {}
+        with torch.no_grad():
+            for name in STRATEGIES:
+                if costs[name] <= 4 * best:
+                    trial = replace(how, strategy=name)
+                    times[name] = min(_seconds(x, weight, bias, spec, trial) for _ in range(2))
+        _MEASURED[key] = min(times, key=times.__getitem__)
+    return replace(how, strategy=_MEASURED[key])
+
+
+def _seconds(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, how: lowering.Plan
+) -> float:
+    start = time.perf_counter()
+    chunking.run_within(x, weight, bias, spec, how)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    return time.perf_counter() - start

@@ -1,0 +1,100 @@
+"""``convnd bench``: the tables, the chart and a tiny end-to-end run (timings are never asserted)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from convnd import bench
+
+W = bench.Workload("t", 1, 2, 4, (3, 3, 4, 4), 3, 1)
+
+
+def _result(backward: bool = False) -> bench.Result:
+    seconds = {"convnd": 0.002, "convnd:fold": 0.0025, "torchnd": 0.004, "frame loop": 0.008}
+    return bench.Result(W, backward, seconds, gemm=1e11, plan="fold native dims (1, 2, 3)")
+
+
+def test_flops_count_the_direct_convolution():
+    assert W.output_size() == (3, 3, 4, 4)
+    assert W.flops() == 2 * 1 * 4 * (3 * 3 * 4 * 4) * 2 * 3**4
+    up = bench.Workload("u", 1, 4, 2, (3, 3), 2, 0, 2, 1, True)
+    assert up.output_size() == (6, 6)
+    assert up.flops() == 2 * 4 * 9 * 2 * 4  # every input element meets every tap of every output channel
+
+
+def test_table_reports_time_rate_gemm_fraction_and_speedup():
+    table = bench.format_table(_result())
+    lines = table.splitlines()
+    assert (
+        lines[0].startswith("t: 4-d, batch 1, 2->4 ch, 3x3x4x4, kernel 3") and "[forward; convnd plan: fold" in lines[0]
+    )
+    assert lines[1].split() == ["implementation", "ms", "GFLOP/s", "of", "GEMM", "convnd", "x"]
+    rate = W.flops() / 0.004 / 1e9
+    assert lines[4].split() == ["torchnd", "4.000", f"{rate:.2f}", f"{rate * 1e9 / 1e11:.2f}", "2.00"]
+    assert lines[2].split()[0] == "convnd" and len(lines[2].split()) == 4  # no speed-up over itself
+
+
+def test_printed_tables_parse_back_for_replotting():
+    results = [_result(False), _result(True)]
+    for r in results:
+        r.gemm = 1e9  # so the printed "of GEMM" fraction keeps two significant digits
+    text = "\n".join(bench.format_table(r) for r in results)
+    parsed = bench.parse_tables(text.replace("t: 4-d", "4d-tiny: 4-d"))
+    assert [p.backward for p in parsed] == [False, True]
+    assert parsed[0].plan == "fold native dims (1, 2, 3)"
+    assert parsed[0].seconds == pytest.approx(results[0].seconds, rel=1e-3)
+    assert parsed[0].gemm == pytest.approx(1e9, rel=0.05)
+
+
+def test_backward_rates_count_three_convolutions():
+    assert _result(True).gflops("convnd") == pytest.approx(3 * _result(False).gflops("convnd"))
+
+
+def test_geometric_mean_skips_convnd_columns():
+    means = bench.geometric_mean_speedup([_result(), _result()])
+    assert means == pytest.approx({"torchnd": 2.0, "frame loop": 4.0})
+
+
+def test_plot_writes_a_png(tmp_path):
+    path = tmp_path / "bench.png"
+    bench.plot([_result(False), _result(True)], str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_progress_bar_counts_on_its_stream():
+    stream = io.StringIO()
+    progress = bench.Progress(4, stream)
+    progress.label = "t fwd"
+    progress()
+    progress()
+    progress.close()
+    assert stream.getvalue().rstrip().endswith("2/4 t fwd")
+    assert "#" * 15 + "." * 15 in stream.getvalue()
+
+
+@pytest.mark.parametrize("w", [*bench.QUICK, bench.Workload("s", 1, 2, 2, (3, 4, 3, 4), 2, 1, 2)])
+def test_the_frame_loop_peer_is_a_correct_convolution(w):
+    x, weight = w.operands(torch.float64)
+    expected = bench.convnd_runner(w)(x, weight)
+    torch.testing.assert_close(bench.frame_loop_runner(w)(x, weight), expected)
+
+
+def test_quick_cli_run_prints_tables_and_a_plot(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    png = tmp_path / "quick.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "convnd", "bench", "--quick", "--rounds", "1", "--mode", "forward",
+         "--only", "4d-tiny", "3d-tiny", "--plot", str(png)],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert "float32 GEMM timed in the same rounds" in done.stdout
+    assert "4d-tiny: 4-d" in done.stdout and "3d-tiny: 3-d" in done.stdout
+    assert "geometric-mean speed-up of convnd (forward)" in done.stdout
+    assert "] " in done.stderr  # the progress bar went to stderr, not into the tables
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,203 @@
+"""Every lowering strategy, exact against the NumPy reference, and the switches that pick them."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import convnd
+from convnd import lowering, reference, selection, strategies
+from convnd.spec import make_spec
+
+STRATEGIES = ("tapsum", "fold", "unfold", "fft")
+
+# (name, dims, conv kwargs): stride, dilation, groups, every padding form and mode, transposed
+CASES = [
+    ("plain", 4, {"padding": 1}),
+    ("strided-dilated-grouped", 4, {"stride": (2, 1, 2, 1), "dilation": (1, 2, 1, 2), "groups": 2, "padding": 1}),
+    ("asymmetric", 4, {"padding": ((1, 0), (0, 2), 1, (2, 1))}),
+    ("same", 4, {"padding": "same", "dilation": (2, 1, 1, 1)}),
+    ("reflect", 4, {"padding": 1, "padding_mode": "reflect"}),
+    ("circular", 4, {"padding": (2, 1, 1, 0), "padding_mode": "circular"}),
+    ("replicate", 5, {"padding": 1, "padding_mode": "replicate", "stride": 2}),
+    ("plain", 5, {"padding": (1, 0, 1, 0, 1), "groups": 2}),
+    ("transposed", 4, {"transposed": True, "stride": 2, "padding": 1, "output_padding": 1, "groups": 2}),
+    ("transposed-dilated", 4, {"transposed": True, "dilation": (2, 1, 1, 2), "padding": (0, 1, 0, 2)}),
+    ("transposed", 5, {"transposed": True, "stride": (2, 1, 1, 1, 2), "padding": 0, "output_padding": (1, 0, 0, 0, 0)}),
+]
+KERNEL = (3, 2, 3, 2, 3)
+SIZE = (5, 4, 6, 5, 4)
+
+
+def _operands(dims: int, kw: dict, dtype: torch.dtype = torch.float64):
+    gen = torch.Generator().manual_seed(dims)
+    groups = kw.get("groups", 1)
+    x = torch.randn((2, 4, *SIZE[:dims]), generator=gen, dtype=dtype)
+    shape = (4, 6 // groups) if kw.get("transposed") else (6, 4 // groups)
+    w = torch.randn((*shape, *KERNEL[:dims]), generator=gen, dtype=dtype)
+    b = torch.randn(6, generator=gen, dtype=dtype)
+    return x, w, b
+
+
+def _run(x, w, b, kw):
+    kw = dict(kw)
+    if kw.pop("transposed", False):
+        return convnd.conv_transpose(x, w, b, **kw)
+    return convnd.conv(x, w, b, **kw)
+
+
+def _oracle(x, w, b, kw) -> np.ndarray:
+    """The reference, with the arguments normalized by the same spec the library builds."""
+    kw = dict(kw)
+    transposed = kw.pop("transposed", False)
+    mode = kw.pop("padding_mode", "zeros")
+    output_padding = kw.pop("output_padding", 0)
+    spec = make_spec(
+        tuple(w.shape[2:]), kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1), kw.get("groups", 1),
+        mode, transposed=transposed, output_padding=output_padding,
+    )  # fmt: skip
+    if transposed:
+        padding = [lo for lo, _ in spec.padding]
+        return reference.conv_transpose(x, w, b, spec.stride, padding, spec.output_padding, spec.groups, spec.dilation)
+    return reference.conv(x, w, b, spec.stride, spec.padding, spec.dilation, spec.groups, mode)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize(("case", "dims", "kw"), CASES, ids=[f"{c}-{d}d" for c, d, _ in CASES])
+def test_every_strategy_matches_the_reference(name, case, dims, kw):
+    x, w, b = _operands(dims, kw)
+    with convnd.strategy(name):
+        y = _run(x, w, b, kw)
+    expected = _oracle(x, w, b, kw)
+    assert y.shape == expected.shape
+    # float64: tapsum/fold/unfold only reorder sums; fft within its documented bound
+    np.testing.assert_allclose(y.numpy(), expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_unbatched_input_and_forced_native_dims(name):
+    kw = {"padding": 1, "stride": (1, 2, 1, 1)}
+    x, w, b = _operands(4, kw)
+    expected = _oracle(x, w, b, kw)
+    for axes in [(0, 1, 2), (0, 2, 3), (1, 3)]:
+        with convnd.strategy(name, native_axes=axes):
+            rank = len(axes)
+            spec = make_spec(KERNEL[:4], kw["stride"], 1)
+            y = convnd.functional.run(x[0], w, b, spec, native_rank=rank)
+        np.testing.assert_allclose(y.numpy(), expected[0], rtol=0, atol=1e-10)
+
+
+def test_the_planner_keeps_the_largest_dims_native():
+    spec = make_spec((3, 3, 3, 3), padding=1)
+    how = lowering.plan(spec, input_shape=(1, 2, 30, 4, 20, 10), weight_shape=(2, 2, 3, 3, 3, 3))
+    assert how.native_axes == (0, 2, 3)
+    assert selection.axis_order(4, 3, how.native_axes) == (1, 0, 2, 3)
+    assert lowering.plan(spec).strategy == "tapsum"  # no shapes: the plain tap sum
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fft_error_stays_within_its_documented_bound(dtype):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn((1, 3, 6, 5, 7, 6), generator=gen).to(dtype)
+    w = torch.randn((2, 3, 5, 5, 5, 5), generator=gen).to(dtype)
+    spec = make_spec(tuple(w.shape[2:]), 1, 2)
+    with convnd.strategy("fft"):
+        y = convnd.conv(x, w, padding=2)
+    error = np.abs(y.double().numpy() - reference.conv(x, w, None, None, spec.padding)).max()
+    bound = strategies.fft_error_bound(x, w, spec)
+    assert error <= bound
+    assert bound < 1e-3 * float(x.double().norm() * w.double().norm())  # and the bound is not vacuous
+
+
+def test_fft_handles_complex_input():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn((1, 2, 4, 3, 5, 4), generator=gen, dtype=torch.complex128)
+    w = torch.randn((3, 2, 2, 3, 2, 3), generator=gen, dtype=torch.complex128)
+    with convnd.strategy("fft"):
+        y = convnd.conv(x, w, padding=1)
+    np.testing.assert_allclose(y.numpy(), reference.conv(x, w, None, None, ((1, 1),) * 4), atol=1e-10)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_memory_budget_splits_the_work_and_stays_exact(name, transposed, monkeypatch):
+    kw = {"transposed": True, "stride": 2, "padding": 1} if transposed else {"padding": 1, "stride": (2, 1, 1, 1)}
+    x, w, b = _operands(4, kw)
+    calls = []
+    real = lowering.LOWERINGS[name]
+    monkeypatch.setitem(lowering.LOWERINGS, name, lambda *a: calls.append(a[0].shape) or real(*a))
+    with convnd.strategy(name, max_memory=20_000):
+        y = _run(x, w, b, kw)
+    np.testing.assert_allclose(y.numpy(), _oracle(x, w, b, kw), rtol=0, atol=1e-10)
+    assert len(calls) > 1  # it did split: batch for transposed, the first lowered dim otherwise
+    with convnd.strategy(name, max_memory=1 << 40):
+        calls.clear()
+        _run(x, w, b, kw)
+    assert len(calls) == 1
+
+
+def test_measured_choice_is_timed_once_and_cached(monkeypatch):
+    x, w, b = _operands(4, {})
+    selection._MEASURED.clear()
+    timed = []
+    real = selection._seconds
+    monkeypatch.setattr(selection, "_seconds", lambda *a: timed.append(a[4].strategy) or real(*a))
+    with convnd.strategy("measure"):
+        first = convnd.conv(x, w, b)
+        second = convnd.conv(x, w, b)
+    assert {"tapsum", "fold"} <= set(timed) <= set(STRATEGIES)  # the model's plausible ones, at least these two
+    assert len(timed) == 2 * len(set(timed))  # twice each, and the second call hit the cache
+    assert torch.equal(first, second)
+    np.testing.assert_allclose(first.numpy(), _oracle(x, w, b, {}), atol=1e-10)
+
+
+def test_cost_model_choices_follow_the_workload():
+    def choice(x_shape, w_shape, **kw):
+        spec = make_spec(w_shape[2:], **kw)
+        return lowering.plan(spec, input_shape=x_shape, weight_shape=w_shape).strategy
+
+    # depthwise: folding taps would lose oneDNN's depthwise kernel
+    assert choice((2, 32, 8, 8, 16, 16), (32, 1, 3, 3, 3, 3), padding=1, groups=32) != "fold"
+    # a 5-d convolution with few channels: one bigger native call beats nine small ones, when memory allows
+    with convnd.strategy(max_memory=1 << 30):
+        assert choice((1, 4, 6, 6, 6, 8, 8), (8, 4, 3, 3, 3, 3, 3), padding=1) == "fold"
+    # under the default budget its 9x folded buffer cannot fit even in two-row pieces
+    assert choice((1, 4, 6, 6, 6, 8, 8), (8, 4, 3, 3, 3, 3, 3), padding=1) == "tapsum"
+    # a huge kernel on few channels: the FFT does a fraction of the work, when memory allows its spectra
+    with convnd.strategy(max_memory=1 << 30):
+        assert choice((1, 2, 16, 16, 16, 16), (2, 2, 15, 15, 15, 15), padding=7) == "fft"
+    assert choice((1, 2, 16, 16, 16, 16), (2, 2, 15, 15, 15, 15), padding=7) != "fft"  # default budget
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "winograd"}, "strategy must be one of 'tapsum', 'fold', 'unfold', 'fft', 'measure', got 'winograd'"),
+        ({"max_memory": 0}, "max_memory must be a positive int (bytes), got 0"),
+        ({"max_memory": 1.5}, "max_memory must be a positive int (bytes), got 1.5"),
+        ({"native_axes": (1, 1, 2)}, "native_axes must be distinct spatial dim indices >= 0, got (1, 1, 2)"),
+    ],
+)
+def test_strategy_rejects_bad_settings(kwargs, message):
+    with pytest.raises(convnd.ConvndError) as info, convnd.strategy(**kwargs):
+        pass
+    assert str(info.value) == message
+
+
+def test_native_axes_must_fit_the_convolution():
+    x, w, b = _operands(4, {})
+    with pytest.raises(convnd.ConvndValueError) as info, convnd.strategy(native_axes=(1, 2, 4)):
+        convnd.conv(x, w, b)
+    assert str(info.value) == ("native_axes must be 3 distinct spatial dims below 4, got (1, 2, 4) (native rank 3)")
+
+
+def test_workspace_estimates_grow_with_the_problem():
+    spec = make_spec((3, 3, 3, 3), padding=1)
+    how = lowering.plan(spec, input_shape=(1, 4, 8, 8, 8, 8), weight_shape=(4, 4, 3, 3, 3, 3))
+    for name in STRATEGIES:
+        small = selection.workspace(name, spec, how, (1, 4, 8, 8, 8, 8), (4, 4, 3, 3, 3, 3))
+        large = selection.workspace(name, spec, how, (2, 4, 8, 8, 8, 8), (4, 4, 3, 3, 3, 3))
+        assert 0 < small < large <= 2 * small + math.prod((8, 8, 8, 8))
