@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Union
 
+import torch
+
 from .errors import fail
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -312,6 +314,10 @@ def make_spec(
         >>> make_spec((3, 3, 3, 3), padding="same").padding[0]
         (1, 1)
     """
+    if torch.compiler.is_compiling():
+        # Dynamo traces the plain builder (its result is a trace-time constant, and the compiled graph is itself
+        # the cache); tracing through lru_cache would make it warn that it ignores the cache wrapper
+        return _build_spec(kernel, stride, padding, dilation, groups, padding_mode, transposed, output_padding)
     try:
         return _cached_spec(
             _freeze(kernel), _freeze(stride), _freeze(padding), _freeze(dilation), _freeze(groups),
