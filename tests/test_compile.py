@@ -1,0 +1,118 @@
+"""convnd under torch.compile: one graph (fullgraph=True), the same numbers, the same gradients.
+
+The eager and aot_eager backends run the traced graph through the same ATen kernels,
+so their results must be bit-identical to eager convnd. Inductor generates its own
+code (fused bias/accumulation loops, a different reduction order in the backward,
+mkldnn weight layouts on CPU), so it is compared at float32 tolerance instead.
+Inductor compiles are slow, so only a handful of small cases use it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+import torch
+
+import convnd
+
+Case = tuple[str, Callable[[torch.device], torch.nn.Module], tuple[int, ...]]
+
+
+class Functional(torch.nn.Module):
+    """A functional call with its weight and bias as parameters, so gradients are compared like a module's."""
+
+    def __init__(self, op: Callable[..., torch.Tensor], weight_shape: tuple[int, ...], **kwargs: object) -> None:
+        super().__init__()
+        self.op, self.kwargs = op, kwargs
+        out_channels = weight_shape[1] * kwargs.get("groups", 1) if op is convnd.conv_transpose else weight_shape[0]
+        self.weight = torch.nn.Parameter(torch.randn(weight_shape))
+        self.bias = torch.nn.Parameter(torch.randn(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x, self.weight, self.bias, **self.kwargs)
+
+
+# (name, module factory, input shape): N = 2, 4 and 5, both directions, functional and module forms
+CASES: list[Case] = [
+    ("conv N=2 same", lambda d: convnd.Conv2d(3, 4, 3, padding="same", device=d), (2, 3, 6, 7)),
+    ("conv N=4 functional pairs", lambda d: Functional(convnd.conv, (4, 3, 3, 2, 3, 2), stride=(2, 1, 1, 2),
+                                                       padding=((1, 0), 1, (0, 2), 0)).to(d), (2, 3, 5, 4, 5, 6)),
+    ("conv N=4 reflect groups", lambda d: convnd.ConvNd(4, 2, (3, 2, 3, 3), padding=1, groups=2,
+                                                        padding_mode="reflect", device=d), (2, 4, 4, 5, 4, 5)),
+    ("conv_transpose N=4 functional", lambda d: Functional(convnd.conv_transpose, (3, 2, 2, 3, 2, 2), stride=2,
+                                                           padding=1, output_padding=1).to(d), (2, 3, 3, 3, 4, 3)),
+    ("ConvTransposeNd N=4", lambda d: convnd.ConvTransposeNd(3, 2, (2, 2, 3, 2), stride=(2, 1, 1, 2), dilation=2,
+                                                             device=d), (1, 3, 3, 4, 3, 3)),
+    ("ConvNd N=5", lambda d: convnd.ConvNd(2, 3, (2, 2, 2, 2, 2), padding=((1, 0), 0, 1, 0, 0), device=d),
+     (1, 2, 3, 3, 3, 3, 4)),
+]  # fmt: skip
+
+
+def _forward_backward(module: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The output, then the gradients of a fixed function of it w.r.t. the input and every parameter."""
+    x = x.detach().requires_grad_()
+    y = module(x)
+    grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), device=y.device).view_as(y)).sum(),
+                                (x, *module.parameters()))  # fmt: skip
+    return [y.detach(), *grads]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo() -> None:
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+@pytest.mark.parametrize(("name", "make", "shape"), CASES, ids=[c[0] for c in CASES])
+def test_fullgraph_is_bit_identical(name: str, make: Callable, shape: tuple[int, ...], backend: str, device) -> None:
+    torch.manual_seed(0)
+    module, x = make(device), torch.randn(shape, device=device)
+    expected = _forward_backward(module, x)
+    compiled = torch.compile(module, fullgraph=True, backend=backend)
+    got = _forward_backward(compiled, x)
+    for what, g, e in zip(["output", "input grad", "weight grad", "bias grad"], got, expected):
+        assert torch.equal(g, e), f"{name}: {what} differs under backend={backend}"
+
+
+INDUCTOR = [CASES[0], CASES[1], CASES[4]]
+
+
+@pytest.mark.parametrize(("name", "make", "shape"), INDUCTOR, ids=[c[0] for c in INDUCTOR])
+def test_inductor_matches_eager(name: str, make: Callable, shape: tuple[int, ...], device) -> None:
+    torch.manual_seed(0)
+    module, x = make(device), torch.randn(shape, device=device)
+    expected = _forward_backward(module, x)
+    got = _forward_backward(torch.compile(module, fullgraph=True), x)
+    for what, g, e in zip(["output", "input grad", "weight grad", "bias grad"], got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5, msg=lambda m, w=what: f"{name}: {w}: {m}")
+
+
+def test_explain_finds_no_graph_break(device) -> None:
+    x = torch.randn(1, 2, 3, 4, 3, 4, device=device)
+    w = torch.randn(3, 2, 2, 3, 2, 2, device=device)
+    explanation = torch._dynamo.explain(convnd.conv)(x, w, None, 1, ((1, 0), 1, 0, 1), 1, 1, "circular")
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
+
+
+def test_dynamic_batch_and_spatial_sizes_compile_once(device) -> None:
+    module = convnd.ConvNd(2, 3, (2, 3, 2, 2), stride=(2, 1, 1, 1), padding=1, device=device)
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(module, fullgraph=True, backend=counter, dynamic=True)
+    # distinct sizes (none 0, 1 or the channel count) so Dynamo's 0/1 and duck-size specializations stay out
+    for shape in [(3, 2, 4, 5, 6, 7), (5, 2, 4, 5, 6, 7), (3, 2, 6, 4, 7, 5)]:
+        x = torch.randn(shape, device=device)
+        assert torch.equal(compiled(x), module(x)), shape
+    assert counter.frame_count == 1
+
+
+def test_compiled_module_raises_convnd_errors(device) -> None:
+    # Without fullgraph, Dynamo breaks the graph at the raise and the user sees convnd's own error;
+    # with fullgraph=True any exception is an error of Dynamo's (it keeps ours as the cause).
+    module = convnd.ConvNd(3, 4, (3, 2, 3, 3), device=device)
+    with pytest.raises(convnd.ConvndValueError, match=r"^input must be 3 channels .* got 5 "):
+        torch.compile(module, backend="eager")(torch.randn(1, 5, 4, 4, 4, 4, device=device))
+    torch._dynamo.reset()  # else the cached fallback of the call above answers the next one
+    with pytest.raises(Exception) as caught:
+        torch.compile(module, backend="eager", fullgraph=True)(torch.randn(1, 5, 4, 4, 4, 4, device=device))
+    assert "input must be 3 channels" in str(caught.value.__cause__)
