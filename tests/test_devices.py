@@ -112,3 +112,22 @@ def test_half_precision_is_torch_exact_for_native_ranks(dtype: torch.dtype, devi
     x = torch.randn(2, 3, 5, 6, 7, device=device, dtype=dtype)
     for got, expected in zip(_forward_backward(module, x), _forward_backward(reference, x)):
         assert torch.equal(got, expected)
+
+
+def test_deterministic_padding_gather_matches_torch_pad(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On CPU torch's reflection pad is deterministic, so convnd keeps it; force the CUDA-deterministic
+    # branch here so the gather that replaces it for N <= 3 is checked against torch.nn in CI too.
+    torch.manual_seed(0)
+    module, x = CASES[0][1]("cpu", torch.float64), torch.randn(CASES[0][2], dtype=torch.float64)
+    reference = torch.nn.Conv2d(3, 4, 3, padding=2, padding_mode="reflect", dtype=torch.float64)
+    reference.load_state_dict(module.state_dict())
+    expected = _forward_backward(reference, x)
+    monkeypatch.setattr(convnd.padding, "_pad_backward_raises", lambda x, mode: mode == "reflect")
+    gathered = []
+    source_index = convnd.padding._source_index
+    monkeypatch.setattr(convnd.padding, "_source_index", lambda *a: gathered.append(a) or source_index(*a))
+    got = _forward_backward(module, x)
+    assert len(gathered) == 2  # one index vector per spatial dim: the gather ran
+    assert torch.equal(got[0], expected[0])
+    for g, e in zip(got[1:], expected[1:]):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
