@@ -49,6 +49,7 @@ def _step(model: torch.nn.Module, x: torch.Tensor) -> None:
 
 
 def _worker(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)  # two processes on a 2-core CI machine
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=30))
     try:
