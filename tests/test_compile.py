@@ -44,8 +44,8 @@ CASES: list[Case] = [
                                                            padding=1, output_padding=1).to(d), (2, 3, 3, 3, 4, 3)),
     ("ConvTransposeNd N=4", lambda d: convnd.ConvTransposeNd(3, 2, (2, 2, 3, 2), stride=(2, 1, 1, 2), dilation=2,
                                                              device=d), (1, 3, 3, 4, 3, 3)),
-    ("ConvNd N=5", lambda d: convnd.ConvNd(2, 3, (2, 2, 2, 2, 2), padding=((1, 0), 0, 1, 0, 0), device=d),
-     (1, 2, 3, 3, 3, 3, 4)),
+    ("ConvNd N=5 unbatched", lambda d: convnd.ConvNd(2, 3, (2, 2, 2, 2, 2), padding=((1, 0), 0, 1, 0, 0), device=d),
+     (2, 3, 3, 3, 3, 4)),
 ]  # fmt: skip
 
 
@@ -104,6 +104,23 @@ def test_dynamic_batch_and_spatial_sizes_compile_once(device) -> None:
         x = torch.randn(shape, device=device)
         assert torch.equal(compiled(x), module(x)), shape
     assert counter.frame_count == 1
+
+
+def test_int_arguments_that_change_between_calls_recompile(device) -> None:
+    # Dynamo passes a changed int argument as a SymInt; the spec pins it to its value, in one graph each time
+    x = torch.randn(2, 2, 5, 6, 5, 6, device=device)
+    w = torch.randn(3, 2, 2, 3, 2, 2, device=device)
+    compiled = torch.compile(lambda x, s, p: convnd.conv(x, w, None, s, p), fullgraph=True, backend="eager")
+    for stride, padding in [(1, 0), (2, 1), (3, 2)]:
+        assert torch.equal(compiled(x, stride, padding), convnd.conv(x, w, None, stride, padding)), (stride, padding)
+
+
+def test_transposed_output_size_argument_compiles(device) -> None:
+    module = convnd.ConvTransposeNd(3, 2, (2, 2, 3, 2), stride=2, device=device)
+    x = torch.randn(2, 3, 4, 3, 4, 3, device=device)
+    compiled = torch.compile(module, fullgraph=True, backend="eager")
+    for size in [(9, 7, 9, 7), (2, 2, 8, 6, 9, 6)]:
+        assert torch.equal(compiled(x, output_size=size), module(x, output_size=size)), size
 
 
 def test_compiled_module_raises_convnd_errors(device) -> None:

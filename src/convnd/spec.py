@@ -161,9 +161,22 @@ def _native_form(
 # --- normalizing single arguments -------------------------------------------------
 
 
+def is_int(value: Any) -> bool:
+    """An integer (anything with ``__index__``) that is not a bool.
+
+    The type test comes first for torch.compile: Dynamo turns an int argument that changes
+    between calls into a ``torch.SymInt`` and cannot answer ``hasattr`` on one. The
+    ``operator.index`` that follows every check pins it to its value (a spec is a trace-time
+    constant; another value recompiles).
+    """
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, torch.SymInt)) or hasattr(value, "__index__")
+
+
 def as_int(name: str, value: Any, *, minimum: int) -> int:
     """An int (not a bool, not a float) no smaller than ``minimum``."""
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
+    if not is_int(value):
         fail(name, value, f"an int >= {minimum}", kind="type")
     value = operator.index(value)
     if value < minimum:
@@ -174,7 +187,7 @@ def as_int(name: str, value: Any, *, minimum: int) -> int:
 def as_tuple(name: str, value: Any, dims: int, *, minimum: int) -> tuple[int, ...]:
     """One int per spatial dim: an int is broadcast, a sequence must have length ``dims``."""
     expected = f"an int >= {minimum} or a tuple of {dims} such ints (one per spatial dim)"
-    if isinstance(value, (str, bytes)) or not (hasattr(value, "__index__") or isinstance(value, Sequence)):
+    if isinstance(value, (str, bytes)) or not (is_int(value) or isinstance(value, Sequence)):
         fail(name, value, expected, kind="type")
     if not isinstance(value, Sequence):
         return (_int_in(name, value, value, expected, minimum),) * dims
@@ -185,7 +198,7 @@ def as_tuple(name: str, value: Any, dims: int, *, minimum: int) -> tuple[int, ..
 
 def _int_in(name: str, item: Any, whole: Any, expected: str, minimum: int) -> int:
     """``item`` (part of the argument ``whole``) as an int >= minimum; messages show ``whole``."""
-    if isinstance(item, bool) or not hasattr(item, "__index__"):
+    if not is_int(item):
         fail(name, whole, expected, kind="type")
     if operator.index(item) < minimum:
         fail(name, whole, expected)
