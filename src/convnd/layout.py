@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from .errors import fail
+from .spec import is_int
 
 DEFAULT_CHANNEL_DIM = 1
 
@@ -140,6 +141,8 @@ def resolve_layout(ndim: int, dims: int, channel_dim: Any = DEFAULT_CHANNEL_DIM,
         (1, 2, 3, 4)
     """
     channel_dim, spatial_dims = check_keywords(dims, channel_dim, spatial_dims)  # plain ints: safe cache keys
+    if torch.compiler.is_compiling():
+        return _resolve.__wrapped__(ndim, dims, channel_dim, spatial_dims)  # no lru_cache under tracing: see make_spec
     return _resolve(ndim, dims, channel_dim, spatial_dims)
 
 
@@ -205,7 +208,7 @@ def check_keywords(dims: int, channel_dim: Any, spatial_dims: Any) -> tuple[int,
         channel_dim as an int and spatial_dims as a tuple (or None); axis ranges are
         checked against each input by :func:`resolve_layout`.
     """
-    if isinstance(channel_dim, bool) or not hasattr(channel_dim, "__index__"):
+    if not is_int(channel_dim):
         fail("channel_dim", channel_dim, "an int axis", kind="type")
     if spatial_dims is None:
         return operator.index(channel_dim), None
@@ -215,6 +218,6 @@ def check_keywords(dims: int, channel_dim: Any, spatial_dims: Any) -> tuple[int,
     spatial_dims = tuple(spatial_dims)
     if len(spatial_dims) != dims:
         fail("spatial_dims", spatial_dims, expected, reason=f"the weight has {dims} spatial dims")
-    if any(isinstance(a, bool) or not hasattr(a, "__index__") for a in spatial_dims):
+    if not all(is_int(a) for a in spatial_dims):
         fail("spatial_dims", spatial_dims, "a tuple of int axes, or None", kind="type")
     return operator.index(channel_dim), tuple(operator.index(a) for a in spatial_dims)
