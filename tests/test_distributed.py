@@ -25,6 +25,8 @@ import torch.multiprocessing as mp
 
 import convnd
 
+pytestmark = pytest.mark.slow
+
 WORLD = 2
 TIMEOUT_S = 50  # the whole spawn; each collective also times out (init_process_group below)
 
@@ -113,7 +115,6 @@ def single() -> dict[str, torch.Tensor]:
     return _state(model)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("wrapper", ["ddp", "fully_shard"])
 def test_two_processes_match_one_process_on_the_whole_batch(wrapper: str, ranks: list[dict], single: dict) -> None:
     for rank, results in enumerate(ranks):

@@ -11,6 +11,8 @@ import torch
 
 import convnd
 
+pytestmark = pytest.mark.slow
+
 
 class Net(torch.nn.Module):
     """A 4-d encoder/decoder and a 5-d branch with asymmetric padding: every lowering strategy that exports."""
@@ -59,7 +61,8 @@ def test_onnx_graph_has_only_native_rank_convolutions_and_runs_in_onnxruntime(ne
     proto = torch.onnx.export(model, inputs, dynamo=True, verbose=False).model_proto
     proto = onnx.shape_inference.infer_shapes(proto)
     ranks = {t.name: len(t.dims) for t in proto.graph.initializer}
-    ranks |= {v.name: len(v.type.tensor_type.shape.dim) for v in proto.graph.value_info}
+    values = [*proto.graph.input, *proto.graph.value_info, *proto.graph.output]
+    ranks |= {v.name: len(v.type.tensor_type.shape.dim) for v in values}
     convs = [node for node in proto.graph.node if node.op_type in ("Conv", "ConvTranspose")]
     assert convs, "the exported graph has no convolution"
     for node in convs:
