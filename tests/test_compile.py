@@ -1,10 +1,12 @@
 """convnd under torch.compile: one graph (fullgraph=True), the same numbers, the same gradients.
 
 The eager and aot_eager backends run the traced graph through the same ATen kernels,
-so their results must be bit-identical to eager convnd. Inductor generates its own
-code (fused bias/accumulation loops, a different reduction order in the backward,
-mkldnn weight layouts on CPU), so it is compared at float32 tolerance instead.
-Inductor compiles are slow, so only a handful of small cases use it.
+so their results must be bit-identical to eager convnd. Inductor is compared at float32
+tolerance: it runs convolutions in channels-last memory (its ``layout_optimization``),
+which sums in another order; on CPU the Conv2d case's input gradient then differs in
+the last bit (bit-identical with ``torch._inductor.config.layout_optimization = False``),
+and its generated code may fuse the bias and tap additions. Inductor compiles are slow,
+so only a handful of small cases use it.
 """
 
 from __future__ import annotations
