@@ -52,6 +52,8 @@ CASES: list[Case] = [
                                                            padding=1, output_padding=1).to(d), (2, 3, 3, 3, 4, 3)),
     ("ConvTransposeNd N=4", lambda d: convnd.ConvTransposeNd(3, 2, (2, 2, 3, 2), stride=(2, 1, 1, 2), dilation=2,
                                                              device=d), (1, 3, 3, 4, 3, 3)),
+    ("rewrite Conv3d onto 2-d", lambda d: convnd.rewrite(torch.nn.Conv3d(2, 3, 3, padding=1, padding_mode="reflect",
+                                                                       device=d), 2), (2, 2, 4, 5, 4)),
     ("ConvNd N=5 unbatched", lambda d: convnd.ConvNd(2, 3, (2, 2, 2, 2, 2), padding=((1, 0), 0, 1, 0, 0), device=d),
      (2, 3, 3, 3, 3, 4)),
 ]  # fmt: skip
