@@ -24,7 +24,6 @@ through untouched, so results stay bit-identical to torch.nn.
 
 from __future__ import annotations
 
-import functools
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any
 
 import torch
 
+from .caching import trace_safe_cache
 from .errors import fail
 from .spec import is_int
 
@@ -141,12 +141,10 @@ def resolve_layout(ndim: int, dims: int, channel_dim: Any = DEFAULT_CHANNEL_DIM,
         (1, 2, 3, 4)
     """
     channel_dim, spatial_dims = check_keywords(dims, channel_dim, spatial_dims)  # plain ints: safe cache keys
-    if torch.compiler.is_compiling():
-        return _resolve.__wrapped__(ndim, dims, channel_dim, spatial_dims)  # no lru_cache under tracing: see make_spec
     return _resolve(ndim, dims, channel_dim, spatial_dims)
 
 
-@functools.lru_cache(maxsize=256)
+@trace_safe_cache(maxsize=256)
 def _resolve(ndim: int, dims: int, channel_dim: int, spatial_dims: tuple[int, ...] | None) -> Layout:
     if channel_dim == DEFAULT_CHANNEL_DIM and spatial_dims is None:
         return _torch_layout(ndim, dims)

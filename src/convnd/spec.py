@@ -8,7 +8,6 @@ per-dim quantity is a tuple of that length.
 
 from __future__ import annotations
 
-import functools
 import math
 import operator
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from typing import Any, Union
 
 import torch
 
+from .caching import trace_safe_cache, tracing
 from .errors import fail
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -327,9 +327,7 @@ def make_spec(
         >>> make_spec((3, 3, 3, 3), padding="same").padding[0]
         (1, 1)
     """
-    if torch.compiler.is_compiling():
-        # Dynamo traces the plain builder (its result is a trace-time constant, and the compiled graph is itself
-        # the cache); tracing through lru_cache would make it warn that it ignores the cache wrapper
+    if tracing():  # no cache keys from traced (maybe symbolic) ints: see convnd.caching
         return _build_spec(kernel, stride, padding, dilation, groups, padding_mode, transposed, output_padding)
     try:
         return _cached_spec(
@@ -375,7 +373,7 @@ def _build_spec(
     return ConvSpec(kernel, stride, dilation, pairs, padding_mode, groups, transposed, out_pad, native)
 
 
-_cached_spec = functools.lru_cache(maxsize=1024)(_build_spec)
+_cached_spec = trace_safe_cache(maxsize=1024)(_build_spec)
 
 
 def resolve_kernel(kernel_size: Any, rank: int | None = None, dims: int | None = None) -> tuple[int, ...]:
