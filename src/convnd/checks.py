@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .caching import tracing
 from .errors import fail
 from .padding import check_padding_fits
 from .spec import ConvSpec
@@ -44,6 +45,8 @@ def check_operands(input: Any, weight: Any, bias: Any, spec: ConvSpec) -> bool:
     _check_like(weight, "weight", dtype, device)
     if bias is not None:
         _check_like(bias, "bias", dtype, device)
+    if tracing():  # traced shapes may be symbolic (unhashable): see convnd.caching
+        return _check_shapes(input, weight, bias, spec)
     # keyed by id(spec), cheaper than hashing it; the entry holds the spec, so the id stays its own
     key = (id(spec), input.shape, weight.shape, None if bias is None else bias.shape)
     passed = _PASSED.get(key)

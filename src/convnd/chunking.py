@@ -45,6 +45,9 @@ def run_within(
     """Run a batched lowered convolution, in as many output pieces as the budget needs."""
     if how.strategy == "measure":
         how = selection.measured(x, weight, bias, spec, how)
+    if how.max_memory is None and selection.symbolic(x.shape):
+        # a symbolic size (export Dim): the default budget would guard on it, so run in one piece
+        return lowering.lowered(x, weight, bias, spec, how)
     out_channels = weight.shape[1] * spec.groups if spec.transposed else weight.shape[0]
     out_size = spec.output_size(x.shape[2:])
     limit = budget(x, x.shape[0] * out_channels * math.prod(out_size), how)

@@ -24,7 +24,6 @@ through untouched, so results stay bit-identical to torch.nn.
 
 from __future__ import annotations
 
-import functools
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +31,9 @@ from typing import Any
 
 import torch
 
+from .caching import trace_safe_cache
 from .errors import fail
+from .spec import is_int
 
 DEFAULT_CHANNEL_DIM = 1
 
@@ -143,7 +144,7 @@ def resolve_layout(ndim: int, dims: int, channel_dim: Any = DEFAULT_CHANNEL_DIM,
     return _resolve(ndim, dims, channel_dim, spatial_dims)
 
 
-@functools.lru_cache(maxsize=256)
+@trace_safe_cache(maxsize=256)
 def _resolve(ndim: int, dims: int, channel_dim: int, spatial_dims: tuple[int, ...] | None) -> Layout:
     if channel_dim == DEFAULT_CHANNEL_DIM and spatial_dims is None:
         return _torch_layout(ndim, dims)
@@ -205,7 +206,7 @@ def check_keywords(dims: int, channel_dim: Any, spatial_dims: Any) -> tuple[int,
         channel_dim as an int and spatial_dims as a tuple (or None); axis ranges are
         checked against each input by :func:`resolve_layout`.
     """
-    if isinstance(channel_dim, bool) or not hasattr(channel_dim, "__index__"):
+    if not is_int(channel_dim):
         fail("channel_dim", channel_dim, "an int axis", kind="type")
     if spatial_dims is None:
         return operator.index(channel_dim), None
@@ -215,6 +216,6 @@ def check_keywords(dims: int, channel_dim: Any, spatial_dims: Any) -> tuple[int,
     spatial_dims = tuple(spatial_dims)
     if len(spatial_dims) != dims:
         fail("spatial_dims", spatial_dims, expected, reason=f"the weight has {dims} spatial dims")
-    if any(isinstance(a, bool) or not hasattr(a, "__index__") for a in spatial_dims):
+    if not all(is_int(a) for a in spatial_dims):
         fail("spatial_dims", spatial_dims, "a tuple of int axes, or None", kind="type")
     return operator.index(channel_dim), tuple(operator.index(a) for a in spatial_dims)

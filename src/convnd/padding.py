@@ -54,11 +54,20 @@ def pad_nd(x: torch.Tensor, padding: Pairs, mode: str) -> torch.Tensor:
     if not any(lo or hi for lo, hi in padding):
         return x
     dims = len(padding)
-    if mode == "zeros" or (dims <= 3 and x.dim() in (dims + 1, dims + 2)):
+    if mode == "zeros" or (dims <= 3 and x.dim() in (dims + 1, dims + 2) and not _pad_backward_raises(x, mode)):
         return F.pad(x, torch_pad_order(padding), mode=_TORCH_MODES[mode])
     index = [_source_index(size, lo, hi, mode, x.device) for size, (lo, hi) in zip(x.shape[-dims:], padding)]
     grids = [i.view((-1,) + (1,) * (dims - 1 - axis)) for axis, i in enumerate(index)]
     return x[(Ellipsis, *grids)]
+
+
+def _pad_backward_raises(x: torch.Tensor, mode: str) -> bool:
+    """Whether torch's own pad would fail backward: CUDA reflection-pad backward has no deterministic kernel.
+
+    Under ``torch.use_deterministic_algorithms(True)`` it raises; the gather below copies the
+    same elements forward and its backward (index_put with accumulate) is deterministic.
+    """
+    return mode == "reflect" and x.is_cuda and x.requires_grad and torch.are_deterministic_algorithms_enabled()
 
 
 def _source_index(size: int, lo: int, hi: int, mode: str, device: torch.device) -> torch.Tensor:

@@ -15,7 +15,6 @@ Only shapes (ints) are read here, never tensor values, so plans are traceable by
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from . import chunking, lowering
+from .caching import trace_safe_cache
 from .errors import fail
 from .spec import ConvSpec
 
@@ -98,7 +98,7 @@ def choose(
         custom = custom_backward_pays(spec, rank)
     if axes is not None and (len(axes) != rank or axes[-1] >= spec.dims):
         fail("native_axes", axes, f"{rank} distinct spatial dims below {spec.dims}", reason=f"native rank {rank}")
-    if native_only or input_shape is None or weight_shape is None:
+    if native_only or input_shape is None or weight_shape is None or symbolic(input_shape):
         return lowering.Plan(rank, name or "tapsum", axes or (), budget, custom, pinned=native_only)
     x_shape = _batched(input_shape, spec)
     if axes is None:
@@ -108,7 +108,7 @@ def choose(
     return lowering.Plan(rank, name, axes, budget, custom)
 
 
-@functools.lru_cache(maxsize=4096)
+@trace_safe_cache(maxsize=4096)
 def cheapest(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> str:
     """The strategy the cost model prefers (cached: it is pure arithmetic on hashable arguments)."""
     costs = [chunked_cost(s, spec, how, x_shape, w_shape) for s in STRATEGIES]
@@ -126,6 +126,17 @@ def custom_backward_pays(spec: ConvSpec, rank: int) -> bool:
     return max(spec.kernel[: spec.dims - rank], default=0) > 3
 
 
+def symbolic(shape: Sequence[Any]) -> bool:
+    """Whether a traced size is a ``torch.SymInt`` (dynamic shapes, an export ``Dim``).
+
+    The cost model compares costs, so on symbolic sizes it would add a guard per comparison
+    (failing export's range check for a ``Dim``): such traces take the shape-free plan. Dynamo
+    shows symbolic sizes to Python as ints, so under ``torch.compile(dynamic=True)`` the cost
+    model runs and its choices become guards (a recompile when one flips).
+    """
+    return any(isinstance(size, torch.SymInt) for size in shape)
+
+
 def _batched(shape: Sequence[int], spec: ConvSpec) -> tuple[int, ...]:
     shape = tuple(shape)
     return shape if len(shape) == spec.dims + 2 else (1, *shape)
@@ -133,8 +144,16 @@ def _batched(shape: Sequence[int], spec: ConvSpec) -> tuple[int, ...]:
 
 def largest_axes(spatial: Sequence[int], rank: int) -> tuple[int, ...]:
     """The ``rank`` largest spatial dims (the later one on ties), ascending: they stay native."""
-    by_size = sorted((size, axis) for axis, size in enumerate(spatial))
-    return tuple(sorted(axis for _, axis in by_size[-rank:]))
+    # picked by comparisons, not sorted((size, axis)): torch.compile cannot sort symbolic sizes
+    left, chosen = list(range(len(spatial))), []
+    for _ in range(rank):
+        best = left[0]
+        for axis in left[1:]:
+            if spatial[axis] >= spatial[best]:  # the later axis wins a tie
+                best = axis
+        left.remove(best)
+        chosen.append(best)
+    return tuple(sorted(chosen))
 
 
 def axis_order(dims: int, rank: int, native_axes: tuple[int, ...]) -> tuple[int, ...]:
@@ -151,7 +170,7 @@ def chunk_axis(dims: int, how: lowering.Plan) -> int:
 # --- the model --------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4096)
+@trace_safe_cache(maxsize=4096)
 def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> dict[str, Any]:
     """Sizes the model reads, with the native dims moved to the back."""
     order = axis_order(spec.dims, how.native_rank, how.native_axes)

@@ -8,13 +8,15 @@ per-dim quantity is a tuple of that length.
 
 from __future__ import annotations
 
-import functools
 import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Union
 
+import torch
+
+from .caching import trace_safe_cache, tracing
 from .errors import fail
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -159,9 +161,22 @@ def _native_form(
 # --- normalizing single arguments -------------------------------------------------
 
 
+def is_int(value: Any) -> bool:
+    """An integer (anything with ``__index__``) that is not a bool.
+
+    The type test comes first for torch.compile: Dynamo turns an int argument that changes
+    between calls into a ``torch.SymInt`` and cannot answer ``hasattr`` on one. The
+    ``operator.index`` that follows every check pins it to its value (a spec is a trace-time
+    constant; another value recompiles).
+    """
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, torch.SymInt)) or hasattr(value, "__index__")
+
+
 def as_int(name: str, value: Any, *, minimum: int) -> int:
     """An int (not a bool, not a float) no smaller than ``minimum``."""
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
+    if not is_int(value):
         fail(name, value, f"an int >= {minimum}", kind="type")
     value = operator.index(value)
     if value < minimum:
@@ -172,7 +187,7 @@ def as_int(name: str, value: Any, *, minimum: int) -> int:
 def as_tuple(name: str, value: Any, dims: int, *, minimum: int) -> tuple[int, ...]:
     """One int per spatial dim: an int is broadcast, a sequence must have length ``dims``."""
     expected = f"an int >= {minimum} or a tuple of {dims} such ints (one per spatial dim)"
-    if isinstance(value, (str, bytes)) or not (hasattr(value, "__index__") or isinstance(value, Sequence)):
+    if isinstance(value, (str, bytes)) or not (is_int(value) or isinstance(value, Sequence)):
         fail(name, value, expected, kind="type")
     if not isinstance(value, Sequence):
         return (_int_in(name, value, value, expected, minimum),) * dims
@@ -183,7 +198,7 @@ def as_tuple(name: str, value: Any, dims: int, *, minimum: int) -> tuple[int, ..
 
 def _int_in(name: str, item: Any, whole: Any, expected: str, minimum: int) -> int:
     """``item`` (part of the argument ``whole``) as an int >= minimum; messages show ``whole``."""
-    if isinstance(item, bool) or not hasattr(item, "__index__"):
+    if not is_int(item):
         fail(name, whole, expected, kind="type")
     if operator.index(item) < minimum:
         fail(name, whole, expected)
@@ -312,6 +327,8 @@ def make_spec(
         >>> make_spec((3, 3, 3, 3), padding="same").padding[0]
         (1, 1)
     """
+    if tracing():  # no cache keys from traced (maybe symbolic) ints: see convnd.caching
+        return _build_spec(kernel, stride, padding, dilation, groups, padding_mode, transposed, output_padding)
     try:
         return _cached_spec(
             _freeze(kernel), _freeze(stride), _freeze(padding), _freeze(dilation), _freeze(groups),
@@ -356,7 +373,7 @@ def _build_spec(
     return ConvSpec(kernel, stride, dilation, pairs, padding_mode, groups, transposed, out_pad, native)
 
 
-_cached_spec = functools.lru_cache(maxsize=1024)(_build_spec)
+_cached_spec = trace_safe_cache(maxsize=1024)(_build_spec)
 
 
 def resolve_kernel(kernel_size: Any, rank: int | None = None, dims: int | None = None) -> tuple[int, ...]:

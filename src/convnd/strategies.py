@@ -169,8 +169,7 @@ def unfold(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spe
             *tuple(t * s for t, s in zip(inner, spec.stride)),
             *tuple(t * d for t, d in zip(inner, spec.dilation)),
         ),
-        x.storage_offset(),
-    )
+    )  # the storage offset defaults to x's own (passing x.storage_offset() breaks torch.compile's trace)
     w = weight.reshape((groups, weight.shape[0] // groups, channels // groups, *spec.kernel))
     o, k = string.ascii_uppercase[:n], string.ascii_uppercase[n : 2 * n]
     y = torch.einsum(f"bgc{o}{k},gxc{k}->bgx{o}", view, w).reshape((batch, weight.shape[0], *out))
