@@ -1,9 +1,6 @@
-"""Rewritten models export with only allowed-rank convolutions: torch.export, ONNX (dynamo) + onnxruntime, README."""
+"""Rewritten models export with only allowed-rank convolutions: torch.export, ONNX (dynamo) + onnxruntime."""
 
 from __future__ import annotations
-
-import re
-from pathlib import Path
 
 import onnx
 import onnxruntime
@@ -14,8 +11,6 @@ import convnd
 from example_models import make
 
 pytestmark = pytest.mark.slow
-README = Path(__file__).resolve().parents[1] / "README.md"
-DEPLOY_SECTION = "## Deploying to a 2-D-only target"
 
 
 def onnx_convolutions(model_proto: onnx.ModelProto) -> list[tuple[str, int, int, int]]:
@@ -57,20 +52,3 @@ def test_torch_export_has_only_allowed_convolutions(name, dims):
     assert weights and set(weights) == {dims + 2}
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(x), model(x), rtol=1e-5, atol=1e-5)
-
-
-def readme_snippets(section: str) -> list[str]:
-    """The python code blocks of one README section, in order."""
-    text = README.read_text()
-    start = text.index(section)
-    end = text.find("\n## ", start + len(section))
-    body = text[start : end if end != -1 else len(text)]
-    return re.findall(r"```python\n(.*?)```", body, flags=re.DOTALL)
-
-
-def test_readme_deploy_section_runs():
-    snippets = readme_snippets(DEPLOY_SECTION)
-    assert len(snippets) >= 3
-    namespace: dict = {}
-    for snippet in snippets:
-        exec(compile(snippet, str(README), "exec"), namespace)
