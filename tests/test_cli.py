@@ -77,6 +77,7 @@ def test_animate_writes_a_gif(tmp_path):
         (["explain", "nn.Conv2d(3, 8, lambda: 3)", "--input", "1,3,5,5"], "is not a literal"),
         (["explain", "nn.Conv2d(3, 8, 3)", "--input", "1,3,five"], "--input must be sizes >= 1"),
         (["animate", "nn.Conv2d(3, 8, 3)", "--input", "1,3,5,5", "--output", "x.txt"], "--output must be"),
+        (["bench", "--only", "nope"], "--only must be one of 4d, "),
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv, message, capsys):
@@ -84,3 +85,14 @@ def test_user_errors_exit_2_with_one_line(argv, message, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"convnd {argv[0]}: error: ") and message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """`convnd explain ... | head -1`: the pipe closes before convnd writes."""
+    env = {**os.environ, "PYTHONPATH": SRC}
+    argv = [sys.executable, "-m", "convnd", "explain", "nn.Conv1d(4, 4, kernel_size=(1, 1))", "--input", "2,4,5,6"]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=env)
+    child.stdout.close()  # before the child has imported torch, so its first write meets a closed pipe
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 141
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err

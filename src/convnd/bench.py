@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .errors import fail
 from .functional import conv, conv_transpose
 from .selection import STRATEGIES, strategy
 
@@ -388,7 +389,11 @@ def peak_extra_memory(w: Workload) -> dict[str, float]:
 
 def find(name: str) -> Workload:
     """The workload called ``name``."""
-    return next(w for w in (*WORKLOADS, *QUICK, *OVERHEAD) if w.name == name)
+    known = (*WORKLOADS, *QUICK, *OVERHEAD)
+    for workload in known:
+        if workload.name == name:
+            return workload
+    fail("--only", name, "one of " + ", ".join(w.name for w in known))
 
 
 # --- reporting -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -50,3 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConvndError as error:
         print(f"convnd {args.verb}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`convnd explain ... | head`): stop quietly as Unix tools do, and keep
+        # Python from raising again while flushing stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
