@@ -239,13 +239,8 @@ def _gather_step(tap: int, size: int, out: int, stride: int, dilation: int, low:
 
     Output o reads input ``o * stride + tap * dilation - low``; keep the o inside the input.
     """
-    offset = tap * dilation - low
-    first = max(0, _ceil_div(-offset, stride))
-    last = min(out - 1, (size - 1 - offset) // stride)
-    if last < first:
-        return None
-    start = first * stride + offset
-    return slice(start, start + (last - first) * stride + 1, stride), slice(first, last + 1)
+    run = _strided_run(out, size, stride, tap * dilation - low)
+    return None if run is None else (run[1], run[0])
 
 
 def _scatter_step(tap: int, size: int, out: int, stride: int, dilation: int, low: int) -> Window | None:
@@ -253,9 +248,13 @@ def _scatter_step(tap: int, size: int, out: int, stride: int, dilation: int, low
 
     Input i lands on output ``i * stride + tap * dilation - low``; keep the i landing inside.
     """
-    offset = tap * dilation - low
+    return _strided_run(size, out, stride, tap * dilation - low)
+
+
+def _strided_run(count: int, limit: int, stride: int, offset: int) -> Window | None:
+    """The positions p in [0, count) whose image ``p * stride + offset`` lies in [0, limit), and their images."""
     first = max(0, _ceil_div(-offset, stride))
-    last = min(size - 1, (out - 1 - offset) // stride)
+    last = min(count - 1, (limit - 1 - offset) // stride)
     if last < first:
         return None
     start = first * stride + offset
