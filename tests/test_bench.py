@@ -67,15 +67,29 @@ def test_plot_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_progress_bar_counts_on_its_stream():
-    stream = io.StringIO()
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_counts_on_a_terminal_and_clears_itself():
+    stream = _Terminal()
     progress = bench.Progress(4, stream)
     progress.label = "t fwd"
     progress()
     progress()
-    progress.close()
     assert stream.getvalue().rstrip().endswith("2/4 t fwd")
     assert "#" * 15 + "." * 15 in stream.getvalue()
+    progress.clear()
+    assert stream.getvalue().endswith("\r" + " " * bench.Progress.WIDTH + "\r")
+
+
+def test_progress_bar_stays_out_of_logs():
+    stream = io.StringIO()  # not a terminal: a redirected stderr
+    progress = bench.Progress(4, stream)
+    progress()
+    progress.clear()
+    assert stream.getvalue() == ""
 
 
 @pytest.mark.parametrize("w", [*bench.QUICK, bench.Workload("s", 1, 2, 2, (3, 4, 3, 4), 2, 1, 2)])

@@ -479,21 +479,28 @@ def geometric_mean_speedup(results: Sequence[Result]) -> dict[str, float]:
 
 
 class Progress:
-    """A one-line progress bar on stderr."""
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal (logs stay clean)."""
+
+    WIDTH = 80
 
     def __init__(self, total: int, stream: Any = None) -> None:
         self.total, self.done, self.stream = max(total, 1), 0, stream or sys.stderr
         self.label = ""
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
 
     def __call__(self) -> None:
         self.done += 1
-        filled = int(30 * self.done / self.total)
-        self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {self.label:<40}")
-        self.stream.flush()
+        if self.live:
+            filled = int(30 * self.done / self.total)
+            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {self.label}"
+            self.stream.write("\r" + bar[: self.WIDTH].ljust(self.WIDTH))
+            self.stream.flush()
 
-    def close(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
+    def clear(self) -> None:
+        """Erase the bar, so the next line printed starts on a clean line."""
+        if self.live:
+            self.stream.write("\r" + " " * self.WIDTH + "\r")
+            self.stream.flush()
 
 
 def run_benchmarks(
@@ -521,8 +528,8 @@ def run_benchmarks(
                 w, backward=backward, rounds=rounds, strategies=strategies, gemm=gemm, progress=progress
             )
             results.append(result)
-            print("\r" + format_table(result), file=out)
-    progress.close()
+            progress.clear()
+            print(format_table(result), file=out)
     for backward in modes:
         means = geometric_mean_speedup([r for r in results if r.backward == backward and r.workload.dims > 3])
         text = ", ".join(f"{name} {value:.2f}x" for name, value in means.items())
