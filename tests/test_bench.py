@@ -110,5 +110,6 @@ def test_quick_cli_run_prints_tables_and_a_plot(tmp_path):
     assert "float32 GEMM timed in the same rounds" in done.stdout
     assert "4d-tiny: 4-d" in done.stdout and "3d-tiny: 3-d" in done.stdout
     assert "geometric-mean speed-up of convnd (forward)" in done.stdout
-    assert "] " in done.stderr  # the progress bar went to stderr, not into the tables
+    assert "[#" not in done.stdout  # the progress bar never goes into the tables
+    assert done.stderr == ""  # and, with stderr redirected (not a terminal), not into logs either
     assert png.read_bytes()[:4] == b"\x89PNG"
