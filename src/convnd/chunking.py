@@ -57,6 +57,10 @@ def run_within(
 
     if fits(tuple(x.shape)):
         return lowering.lowered(x, weight, bias, spec, how)
+    if how.strategy == "fold" and not spec.transposed:  # fold splits its own folded batch, without halos
+        whole = selection.workspace("fold", spec, how, tuple(x.shape), tuple(weight.shape)) * x.element_size()
+        pieces = selection.fold_pieces(spec, how, tuple(x.shape), tuple(weight.shape), whole / limit)
+        return lowering.lowered(x, weight, bias, spec, how, pieces)
     y = x.new_zeros((x.shape[0], out_channels, *out_size))
     if not fits((1, *x.shape[1:])):  # one sample is too big: split a lowered spatial dim
         axis = selection.chunk_axis(spec.dims, how)

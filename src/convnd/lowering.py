@@ -114,14 +114,19 @@ def execute(
 
 
 def lowered(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, how: Plan
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, how: Plan, pieces: int = 1
 ) -> torch.Tensor:
-    """Run a batched N > r convolution with ``how.strategy``, its native dims moved to the back first."""
+    """Run a batched N > r convolution with ``how.strategy``, its native dims moved to the back first.
+
+    ``pieces`` > 1 (``fold`` only, see :func:`convnd.strategies.fold`) splits its folded batch.
+    """
     order = selection.axis_order(spec.dims, how.native_rank, how.native_axes)
     if order != tuple(range(spec.dims)):
         back = tuple(order.index(a) for a in range(spec.dims))
-        y = lowered(_move(x, order), _move(weight, order), bias, spec.select(order), replace(how, native_axes=()))
-        return _move(y, back)
+        moved = replace(how, native_axes=())
+        return _move(lowered(_move(x, order), _move(weight, order), bias, spec.select(order), moved, pieces), back)
+    if pieces > 1:
+        return LOWERINGS[how.strategy](x, weight, bias, spec, how.native_rank, pieces=pieces)
     return LOWERINGS[how.strategy](x, weight, bias, spec, how.native_rank)
 
 
