@@ -176,7 +176,7 @@ def test_cost_model_choices_follow_the_workload():
 
 # the strategy each bench workload measured fastest under the default budget (README, Performance)
 BENCH_CHOICES = {
-    "4d": "tapsum",
+    "4d": "fold",
     "4d-wide": "fold",
     "4d-strided": "fold",
     "4d-depthwise": "tapsum",

@@ -70,6 +70,7 @@ def fold(
         folded = _folded(src, outer, (rows, *out_outer[1:]), first, x.shape[2:])
         part = lowering.native_lowered(folded.flatten(0, n_outer).flatten(1, -rank - 1), w, bias, inner)
         y_outer[first : first + rows] = part.reshape((rows, *out_outer[1:], batch, out_channels, *out_inner))
+        del folded, part  # before the next piece's buffers: one piece's at a time
     return y
 
 
