@@ -2,11 +2,12 @@
 
 A lowering strategy's temporary buffers scale with the part of the output it computes
 (:func:`convnd.selection.workspace` estimates them). When the whole convolution's
-estimate exceeds the plan's budget, the output is split along its first lowered
-spatial dim (along the batch for transposed convolutions, whose pieces would overlap)
-and each piece runs as its own convolution over the input rows it reads, with that
-piece's share of the padding. Every piece is written straight into the output, so the
-peak is one piece's buffers plus the output.
+estimate exceeds the plan's budget, ``fold`` splits its folded batch into runs of output
+rows of the first lowered dim (:func:`convnd.strategies.fold`: no halos, one native call
+each); the other strategies split the batch, then the first lowered spatial dim (not for
+transposed convolutions, whose pieces would overlap), each piece running as its own
+convolution over the input rows it reads, with that piece's share of the padding. Every
+piece is written straight into the output, so the peak is one piece's buffers plus the output.
 """
 
 from __future__ import annotations
