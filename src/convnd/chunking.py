@@ -2,11 +2,12 @@
 
 A lowering strategy's temporary buffers scale with the part of the output it computes
 (:func:`convnd.selection.workspace` estimates them). When the whole convolution's
-estimate exceeds the plan's budget, the output is split along its first lowered
-spatial dim (along the batch for transposed convolutions, whose pieces would overlap)
-and each piece runs as its own convolution over the input rows it reads, with that
-piece's share of the padding. Every piece is written straight into the output, so the
-peak is one piece's buffers plus the output.
+estimate exceeds the plan's budget, ``fold`` splits its folded batch into runs of output
+rows of the first lowered dim (:func:`convnd.strategies.fold`: no halos, one native call
+each); the other strategies split the batch, then the first lowered spatial dim (not for
+transposed convolutions, whose pieces would overlap), each piece running as its own
+convolution over the input rows it reads, with that piece's share of the padding. Every
+piece is written straight into the output, so the peak is one piece's buffers plus the output.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ def run_within(
 
     if fits(tuple(x.shape)):
         return lowering.lowered(x, weight, bias, spec, how)
+    if how.strategy == "fold" and not spec.transposed:  # fold splits its own folded batch, without halos
+        whole = selection.workspace("fold", spec, how, tuple(x.shape), tuple(weight.shape)) * x.element_size()
+        pieces = selection.fold_pieces(spec, how, tuple(x.shape), tuple(weight.shape), whole / limit)
+        return lowering.lowered(x, weight, bias, spec, how, pieces)
     y = x.new_zeros((x.shape[0], out_channels, *out_size))
     if not fits((1, *x.shape[1:])):  # one sample is too big: split a lowered spatial dim
         axis = selection.chunk_axis(spec.dims, how)

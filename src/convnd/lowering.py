@@ -114,14 +114,19 @@ def execute(
 
 
 def lowered(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, how: Plan
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, how: Plan, pieces: int = 1
 ) -> torch.Tensor:
-    """Run a batched N > r convolution with ``how.strategy``, its native dims moved to the back first."""
+    """Run a batched N > r convolution with ``how.strategy``, its native dims moved to the back first.
+
+    ``pieces`` > 1 (``fold`` only, see :func:`convnd.strategies.fold`) splits its folded batch.
+    """
     order = selection.axis_order(spec.dims, how.native_rank, how.native_axes)
     if order != tuple(range(spec.dims)):
         back = tuple(order.index(a) for a in range(spec.dims))
-        y = lowered(_move(x, order), _move(weight, order), bias, spec.select(order), replace(how, native_axes=()))
-        return _move(y, back)
+        moved = replace(how, native_axes=())
+        return _move(lowered(_move(x, order), _move(weight, order), bias, spec.select(order), moved, pieces), back)
+    if pieces > 1:
+        return LOWERINGS[how.strategy](x, weight, bias, spec, how.native_rank, pieces=pieces)
     return LOWERINGS[how.strategy](x, weight, bias, spec, how.native_rank)
 
 
@@ -200,9 +205,19 @@ def _tapsum(
     out_size = spec.output_size(x.shape[2:])
     # outer dims in front of the batch, so a run of outer positions folds into the batch as a view
     to_front = (*range(2, 2 + n_outer), 0, 1, *range(2 + n_outer, 2 + spec.dims))
-    xp = x.permute(to_front).contiguous()
-    y = x.new_zeros((batch, out_channels, *out_size))
-    yp = y.permute(to_front)
+    if channels >= 16 and not spec.transposed:
+        # channels innermost (input and running sum): each tap's slice is a channels_last batch that oneDNN convolves
+        # without reorders, its result added in the same layout. Measured 1.1-1.4x faster with 16 or more channels
+        # (depthwise included), slower with 4 or 8, where oneDNN's blocked kernels win.
+        last = (*range(2, 2 + n_outer), 0, *range(2 + n_outer, 2 + spec.dims), 1)
+        back = (*range(n_outer + 1), spec.dims + 1, *range(n_outer + 1, spec.dims + 1))
+        xp = x.permute(last).contiguous().permute(back)
+        yp = x.new_zeros((*out_size[:n_outer], batch, *out_size[n_outer:], out_channels)).permute(back)
+        y = yp.permute(tuple(to_front.index(a) for a in range(2 + spec.dims)))
+    else:
+        xp = x.permute(to_front).contiguous()
+        y = x.new_zeros((batch, out_channels, *out_size))
+        yp = y.permute(to_front)
     step = _scatter_step if spec.transposed else _gather_step
     for tap in itertools.product(*(range(k) for k in outer.kernel)):
         windows = [
@@ -220,7 +235,7 @@ def _tapsum(
         yp[tuple(dst for _, dst in windows)].add_(ys.reshape((*counts, batch, out_channels, *ys.shape[2:])))
     if bias is not None:
         y = y + bias.reshape((out_channels,) + (1,) * spec.dims)
-    return y
+    return y.contiguous()  # channels_last sums: into the standard layout
 
 
 Window = tuple[slice, slice]

@@ -223,10 +223,13 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
         return g["in"] + 2 * g["out"] + native
     if name == "fold":
         if g["spec"].transposed:
-            slabs = g["out"] * g["outer_taps"]
+            # the native call's output: per input frame, every outer tap's slab (they overlap only when stride < kernel)
+            slabs = g["out"] // g["outer_out"] * g["outer_in"] * g["outer_taps"]
             return g["in"] + 2 * slabs + g["out"] + g["in"]
+        # the folded input and the native result: channels_last, oneDNN reads and writes both in place
+        # (measured peaks of the bench's fold workloads: within 7% of this, the output not counted)
         folded = g["batch"] * g["channels"] * g["outer_taps"] * g["outer_out"] * g["inner_in"]
-        return 2 * folded + 3 * g["out"]
+        return folded + g["out"]
     if name == "unfold":
         columns = g["dense_macs"] // max(g["per_group_out"], 1)
         return columns + g["out"] + (g["in"] * math.prod(g["spec"].stride) if g["spec"].transposed else 0)
@@ -243,9 +246,13 @@ def cost(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], 
     inner = g["per_group_in"] * g["inner_taps"]
     if name == "tapsum":
         calls = g["outer_taps"]
-        return flops / _rate(inner, g["per_group_out"]) + traffic * calls / 2 + calls * _CALL
+        rate = _rate(inner, g["per_group_out"], g["per_group_in"])
+        return flops / rate + traffic * calls / 2 + calls * _CALL
     if name == "fold":
-        rate = _rate(inner * g["outer_taps"], g["per_group_out"])
+        if g["spec"].transposed:  # the outer taps are the native call's extra output channels
+            rate = _rate(inner, g["per_group_out"] * g["outer_taps"], g["per_group_in"])
+        else:  # the outer taps are the native call's extra input channels
+            rate = _rate(inner * g["outer_taps"], g["per_group_out"], g["per_group_in"] * g["outer_taps"])
         if g["per_group_in"] == 1 < g["spec"].groups:
             rate /= 8  # folding taps makes a depthwise weight merely grouped: oneDNN's depthwise kernel is lost
         return flops / rate + traffic + _CALL
@@ -262,9 +269,10 @@ def chunked_cost(
 ) -> float:
     """:func:`cost` when the memory budget splits the output into pieces (float32 assumed for a byte budget).
 
-    Each piece pays its calls again and re-reads a halo of input rows; a quarter of the
-    whole cost per extra piece is the (deliberately rough) price, so memory-hungry
-    strategies win only when they are much faster.
+    A piece of output rows pays its calls again, smaller, and re-reads a halo of input rows:
+    12% of the whole cost per extra piece (fitted to the bench's forced strategies). ``fold``
+    splits its folded batch instead (no halo, one native call per piece): 3% per extra piece,
+    twice the work when a piece is a single frame of a single sample (run as a batch of two).
     """
     g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
     limit = (
@@ -272,10 +280,29 @@ def chunked_cost(
         if how.max_memory is not None
         else max(chunking.DEFAULT_BUDGET_RATIO * (g["in"] + g["out"]), chunking.MIN_DEFAULT_BUDGET / 4)
     )
-    pieces = math.ceil(workspace(name, spec, how, x_shape, w_shape) / max(limit, 1))
+    overshoot = workspace(name, spec, how, x_shape, w_shape) / max(limit, 1)
+    whole = cost(name, spec, how, x_shape, w_shape)
+    if name == "fold" and not g["spec"].transposed and overshoot > 1:
+        if overshoot > g["first_out"]:
+            return math.inf  # even one output row's folded input would not fit
+        pieces = fold_pieces(spec, how, x_shape, w_shape, overshoot)
+        # a piece of one frame and one sample runs as a batch of two (lowering.native_lowered): twice the work
+        single = g["batch"] * g["outer_out"] // g["first_out"] * math.ceil(g["first_out"] / pieces) == 1
+        return whole * (2 if single else 1) * (1 + _FOLD_PIECE * (pieces - 1))
+    pieces = math.ceil(overshoot)
     if pieces > g["batch"] * max(2, g["first_out"] // 2):
         return math.inf  # even the smallest pieces chunking makes (two rows) would not fit
-    return cost(name, spec, how, x_shape, w_shape) * (1 + 0.25 * max(pieces - 1, 0))
+    return whole * (1 + _PIECE * max(pieces - 1, 0))
+
+
+def fold_pieces(
+    spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int], overshoot: float
+) -> int:
+    """How many pieces ``fold`` splits its folded batch into (runs of output rows of the first outer dim)
+    so that each piece's workspace is at most ``1 / overshoot`` of the whole one's; one row per piece at most."""
+    rows = _geometry(spec, how, tuple(x_shape), tuple(w_shape))["first_out"]
+    # the fewest pieces whose largest (ceil(rows / pieces) rows) fits
+    return next((p for p in range(1, rows) if math.ceil(rows / p) * overshoot <= rows), rows)
 
 
 # calibrated on the README's 2-core machine (see benchmarks/); only ratios matter for the choice
@@ -283,11 +310,22 @@ _PEAK = 150e9  # float32 FLOP/s of a large GEMM
 _FFT_RATE = 1e9
 _SECONDS_PER_ELEMENT = 0.5e-9
 _CALL = 30e-6
+_PIECE = 0.12  # an output piece with its halo of input rows: its calls again, smaller (fitted to the bench)
+_FOLD_PIECE = 0.03  # a piece of fold's folded batch costs a native call and a slice of the output copy
+_BLOCK = 16  # oneDNN's channel block on AVX-512: a native call's input channels are padded up to a multiple
 
 
-def _rate(reduction: int, outputs: int, gemm: bool = False) -> float:
-    """FLOP/s of a native convolution (or GEMM) whose reduction is ``reduction`` long, ``outputs`` wide."""
+def _rate(reduction: int, outputs: int, channels: int = 1, gemm: bool = False) -> float:
+    """FLOP/s of a native convolution (or GEMM) whose reduction is ``reduction`` long, ``outputs`` wide,
+    over ``channels`` input channels per group.
+
+    Past 8 channels oneDNN pads them to a multiple of its block (small counts take kernels of
+    their own); the square of the padded fraction is fitted to the bench: 24 folded channels
+    ran at 0.73x the speed of 8 unfolded ones on the same 4-d workload (README).
+    """
     fill = reduction / (reduction + (64 if gemm else 128)) * outputs / (outputs + 8)
+    if channels > 8:
+        fill *= (channels / (_BLOCK * math.ceil(channels / _BLOCK))) ** 2
     return _PEAK * fill
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 import string
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -37,32 +38,60 @@ from .padding import pad_nd, torch_pad_order
 from .spec import ConvSpec, make_spec
 
 
-def fold(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, rank: int) -> torch.Tensor:
-    """Outer kernel taps folded into the channels: one native r-d convolution (see module docstring)."""
+def fold(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, rank: int, pieces: int = 1
+) -> torch.Tensor:
+    """Outer kernel taps folded into the channels: one native r-d convolution (see module docstring).
+
+    ``pieces`` > 1 splits the folded batch: each piece is a run of output rows of the first
+    outer dim (with every batch sample and every frame of the other outer dims), builds only
+    its own folded input and runs its own native call, so the buffer shrinks by ``pieces``
+    while each call stays ``1 / pieces`` of the whole (no halo is re-read, no padding re-derived).
+    """
     if spec.transposed:
         return _fold_transposed(x, weight, bias, spec, rank)
     if spec.padding_mode != "zeros":
         x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()
     n_outer = spec.dims - rank
     outer, inner = spec.select(range(n_outer)), spec.select(range(n_outer, spec.dims))
-    batch, channels = x.shape[:2]
-    groups, out_channels = spec.groups, weight.shape[0]
+    batch, out_channels = x.shape[0], weight.shape[0]
+    taps = math.prod(outer.kernel)
+    w = weight.reshape((out_channels, weight.shape[1] * taps, *weight.shape[2 + n_outer :]))
     out_outer = outer.output_size(x.shape[2 : 2 + n_outer])
-    inner_size = x.shape[2 + n_outer :]
-    # buffer (*out_outer, B, G, C/G, *outer_taps, *inner): zero where a tap reads outer padding
-    buf = x.new_zeros((*out_outer, batch, groups, channels // groups, *outer.kernel, *inner_size))
-    src = x.reshape((batch, groups, channels // groups, *x.shape[2:])).permute(_outer_first(n_outer, 3, rank))
+    out_inner = inner.output_size(x.shape[2 + n_outer :])
+    y = x.new_empty((batch, out_channels, *out_outer, *out_inner))
+    y_outer = y.permute(_outer_first(n_outer, 2, rank))  # a view: pieces are written straight into y
+    src = x.reshape((batch, spec.groups, x.shape[1] // spec.groups, *x.shape[2:])).permute(
+        _outer_first(n_outer, 3, rank)
+    )
+    step = math.ceil(out_outer[0] / min(max(pieces, 1), out_outer[0]))
+    for first in range(0, out_outer[0], step):
+        rows = min(step, out_outer[0] - first)
+        folded = _folded(src, outer, (rows, *out_outer[1:]), first, x.shape[2:])
+        part = lowering.native_lowered(folded.flatten(0, n_outer).flatten(1, -rank - 1), w, bias, inner)
+        y_outer[first : first + rows] = part.reshape((rows, *out_outer[1:], batch, out_channels, *out_inner))
+        del folded, part  # before the next piece's buffers: one piece's at a time
+    return y
+
+
+def _folded(src: torch.Tensor, outer: ConvSpec, out: tuple[int, ...], first: int, size) -> torch.Tensor:
+    """The folded input of output rows ``first ..`` (``out[0]`` of them) of the first outer dim:
+    (*out, B, G, C/G, *outer_taps, *inner), zero where a tap reads outer padding."""
+    n_outer, rank = len(out), src.dim() - 3 - len(out)
+    shape = (*out, *src.shape[n_outer : n_outer + 3], *outer.kernel, *src.shape[-rank:])
+    # channels (with their taps) innermost in memory: the folded batch is a channels_last tensor, which oneDNN
+    # reads in place (no reorder into its blocked layout): measured 1.1-1.4x faster on the bench's fold workloads
+    order = (*range(n_outer + 1), *range(len(shape) - rank, len(shape)), *range(n_outer + 1, len(shape) - rank))
+    buf = src.new_zeros(tuple(shape[a] for a in order)).permute(tuple(order.index(a) for a in range(len(shape))))
+    # rows first.. of the whole output are the output of a conv whose low padding starts ``first`` strides later
+    padding = ((outer.padding[0][0] - first * outer.stride[0], 0), *outer.padding[1:])
+    shifted = replace(outer, padding=padding)
     for tap in itertools.product(*(range(k) for k in outer.kernel)):
-        windows = _windows(lowering._gather_step, tap, x.shape[2:], out_outer, outer)
+        windows = _windows(lowering._gather_step, tap, size[:n_outer], out, shifted)
         if windows is not None:
             where = (*(dst for _, dst in windows), Ellipsis, *tap, *(slice(None),) * rank)
             buf[where] = src[tuple(s for s, _ in windows)]
-    taps = math.prod(outer.kernel)
-    folded = buf.reshape((math.prod(out_outer) * batch, channels * taps, *inner_size))
-    w = weight.reshape((out_channels, weight.shape[1] * taps, *weight.shape[2 + n_outer :]))
-    y = lowering.native_lowered(folded, w, bias, inner)
-    y = y.reshape((*out_outer, batch, out_channels, *y.shape[2:]))
-    return y.permute(_batch_first(n_outer, rank)).contiguous()
+    return buf
 
 
 def _fold_transposed(
