@@ -59,3 +59,66 @@ def test_public_signatures():
             (p.name, p.default) for p in theirs_params
         ]
         assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in ours_params[len(theirs_params) :])
+
+
+def _positional(f) -> list[tuple[str, object]]:
+    """(name, default) of the parameters that are not keyword-only (``self`` dropped)."""
+    params = inspect.signature(f).parameters.values()
+    return [(p.name, p.default) for p in params if p.kind is not inspect.Parameter.KEYWORD_ONLY and p.name != "self"]
+
+
+EMPTY = inspect.Parameter.empty
+
+
+@pytest.mark.parametrize(
+    ("function", "expected"),
+    [
+        (
+            convnd.conv_transpose,
+            [
+                ("input", EMPTY),
+                ("weight", EMPTY),
+                ("bias", None),
+                ("stride", 1),
+                ("padding", 0),
+                ("output_padding", 0),
+                ("groups", 1),
+                ("dilation", 1),
+            ],
+        ),
+        (
+            convnd.ConvTransposeNd,
+            [
+                ("in_channels", EMPTY),
+                ("out_channels", EMPTY),
+                ("kernel_size", EMPTY),
+                ("stride", 1),
+                ("padding", 0),
+                ("output_padding", 0),
+                ("groups", 1),
+                ("bias", True),
+                ("dilation", 1),
+                ("padding_mode", "zeros"),
+                ("device", None),
+                ("dtype", None),
+            ],
+        ),
+        (convnd.ConvTransposeNd.forward, [("input", EMPTY), ("output_size", None)]),
+        (convnd.emulate, [("module", EMPTY), ("dims", EMPTY)]),
+        (convnd.rewrite, [("model", EMPTY), ("dims", EMPTY), ("inplace", False)]),
+        (convnd.explain, [("spec", EMPTY), ("input_shape", EMPTY)]),
+    ],
+    ids=lambda value: getattr(value, "__qualname__", None),
+)
+def test_issue_signatures(function, expected):
+    """The names, order and defaults the issues fix (issue 3, 4, 5); extras must be keyword-only."""
+    assert _positional(function) == expected
+
+
+def test_transposed_modules_take_torchs_signatures_and_dims():
+    assert "dims" in inspect.signature(convnd.ConvTransposeNd).parameters
+    for ours, theirs in [
+        (convnd.ConvTranspose1d, torch.nn.ConvTranspose1d),
+        (convnd.ConvTranspose3d, torch.nn.ConvTranspose3d),
+    ]:
+        assert _positional(ours) == _positional(theirs)

@@ -124,11 +124,11 @@ class Explanation:
         return render(self)
 
 
-def explain(layer: Any, input_shape: Any) -> Explanation:
-    """Explain what ``layer`` does to an input of shape ``input_shape``.
+def explain(spec: Any, input_shape: Any) -> Explanation:
+    """Explain what the layer ``spec`` does to an input of shape ``input_shape``.
 
     Args:
-        layer: the layer as text (``"nn.Conv1d(4, 4, kernel_size=(1, 1))"``; parsed, never run) or a
+        spec: the layer as text (``"nn.Conv1d(4, 4, kernel_size=(1, 1))"``; parsed, never run) or a
             convnd / torch.nn convolution module.
         input_shape: (B, C, *spatial) or (C, *spatial), as a sequence or text like ``"2,4,5,6"``.
 
@@ -139,9 +139,9 @@ def explain(layer: Any, input_shape: Any) -> Explanation:
         ConvndError: a SPEC that is not a literal call of a convolution class, bad arguments, or an
             input whose rank, channels or size the layer cannot take (the message says which).
     """
-    checked = layer_and_input(layer, input_shape)
+    checked = layer_and_input(spec, input_shape)
     text, module, shape, canonical = checked.text, checked.module, checked.shape, checked.canonical
-    arguments, spec = text.arguments(), module.spec
+    arguments, spec = text.arguments(), module.spec  # from here on, spec is the layer's validated ConvSpec
     spatial = canonical[-spec.dims :]
     out_spatial = spec.output_size(spatial)
     output_shape = checked.output_shape()
