@@ -33,7 +33,9 @@ import torch.nn.functional as F
 
 from .errors import fail
 from .functional import conv, conv_transpose
+from .lowering import plan
 from .selection import STRATEGIES, strategy
+from .spec import ConvSpec, make_spec
 
 Runner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -68,11 +70,15 @@ class Workload:
         w = torch.randn((*shape, *(self.kernel,) * self.dims), generator=gen, dtype=dtype) / 10
         return x, w
 
+    @property
+    def spec(self) -> ConvSpec:
+        """The workload's convolution, validated like any other convnd call."""
+        return make_spec(
+            (self.kernel,) * self.dims, self.stride, self.padding, 1, self.groups, transposed=self.transposed
+        )
+
     def output_size(self) -> tuple[int, ...]:
-        k, p, s = self.kernel, self.padding, self.stride
-        if self.transposed:
-            return tuple((n - 1) * s - 2 * p + k for n in self.spatial)
-        return tuple((n + 2 * p - k) // s + 1 for n in self.spatial)
+        return self.spec.output_size(self.spatial)
 
     def flops(self) -> int:
         """Multiply-adds of the direct convolution, times 2."""
@@ -333,11 +339,7 @@ def _calls(w: Workload) -> int:
 
 
 def _plan_name(w: Workload, x: torch.Tensor, weight: torch.Tensor) -> str:
-    from .lowering import plan
-    from .spec import make_spec
-
-    spec = make_spec((w.kernel,) * w.dims, w.stride, w.padding, 1, w.groups, transposed=w.transposed)
-    how = plan(spec, input_shape=x.shape, weight_shape=weight.shape)
+    how = plan(w.spec, input_shape=x.shape, weight_shape=weight.shape)
     axes = f" native dims {how.native_axes}" if how.native_axes else ""
     return f"{how.strategy}{axes}"
 

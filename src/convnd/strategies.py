@@ -186,7 +186,7 @@ def unfold(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spe
     x = pad_nd(x, spec.padding, spec.padding_mode)
     n, groups = spec.dims, spec.groups
     batch, channels = x.shape[:2]
-    out = tuple((m - w) // s + 1 for m, w, s in zip(x.shape[2:], spec.window, spec.stride))
+    out = spec.unpadded().output_size(x.shape[2:])  # x is padded already
     # windows (B, G, C/G, *out, *kernel) as a view: strides of the input, scaled by stride and dilation
     inner = x.stride()[2:]
     view = x.as_strided(
