@@ -1,6 +1,6 @@
-"""Device-dependent behaviour: deterministic mode (CPU and CUDA) and half/bfloat16 (CUDA only).
+"""Device-dependent behaviour: deterministic mode and half/bfloat16, on CPU in CI and on CUDA with --device=cuda.
 
-Run on a GPU with ``pytest --device=cuda tests/test_devices.py``.
+On a GPU: ``pytest --device=cuda tests/test_devices.py``.
 """
 
 from __future__ import annotations
@@ -89,8 +89,6 @@ LOW = {torch.float16: 2e-2, torch.bfloat16: 8e-2}  # relative to the float32 res
 @pytest.mark.parametrize("dtype", LOW, ids=str)
 @pytest.mark.parametrize(("name", "make", "shape"), CASES, ids=IDS)
 def test_half_precision_on_cuda(name: str, make: Callable, shape: tuple[int, ...], dtype: torch.dtype, device) -> None:
-    if device.type != "cuda":
-        pytest.skip("half/bfloat16 run on CUDA only (pytest --device=cuda); CPU CI covers float32 and float64")
     torch.manual_seed(0)
     module, x = make(device, torch.float32), torch.randn(shape, device=device)
     exact = _forward_backward(module, x)
@@ -103,8 +101,6 @@ def test_half_precision_on_cuda(name: str, make: Callable, shape: tuple[int, ...
 
 @pytest.mark.parametrize("dtype", LOW, ids=str)
 def test_half_precision_is_torch_exact_for_native_ranks(dtype: torch.dtype, device) -> None:
-    if device.type != "cuda":
-        pytest.skip("half/bfloat16 run on CUDA only (pytest --device=cuda); CPU CI covers float32 and float64")
     torch.manual_seed(0)
     module = convnd.Conv3d(3, 4, 3, padding=1, stride=(1, 2, 1), device=device, dtype=dtype)
     reference = torch.nn.Conv3d(3, 4, 3, padding=1, stride=(1, 2, 1), device=device, dtype=dtype)
