@@ -6,6 +6,8 @@ native 1-3-d convolutions, so an ONNX runtime that knows Conv of rank <= 3 runs 
 
 from __future__ import annotations
 
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -60,8 +62,6 @@ def test_exported_program_takes_a_dynamic_batch(net: Net, device) -> None:
 
 
 def test_onnx_graph_has_only_native_rank_convolutions_and_runs_in_onnxruntime(net: Net) -> None:
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
     model, inputs = net.cpu(), _inputs()
     proto = torch.onnx.export(model, inputs, dynamo=True, verbose=False).model_proto
     proto = onnx.shape_inference.infer_shapes(proto)
