@@ -6,13 +6,12 @@ torch.nn.functional.conv2d and torch.nn.Conv2d, on a tiny input (where only over
 shows) and a medium one (where it should vanish). The calls are interleaved round by
 round so a busy machine slows them all alike; the medians are printed side by side.
 
-    PYTHONPATH=src python benchmarks/overhead.py [--rounds 41] [--threads 1]
+    PYTHONPATH=src python benchmarks/overhead.py [--rounds 41] [--threads 1] > benchmarks/overhead.txt
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from typing import Callable
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import convnd
+from convnd.bench import time_side_by_side
 
 WORKLOADS = {
     # name: (input shape, in channels, out channels, kernel)
@@ -29,16 +29,8 @@ WORKLOADS = {
 }
 
 
-def per_call(fn: Callable[[], object], calls: int) -> float:
-    """Seconds per call, over ``calls`` back-to-back calls."""
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
-
-
-def measure(name: str, rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each contender on one workload, one sample per round."""
+def measure(name: str, rounds: int) -> dict[str, float]:
+    """Median seconds per call of each contender on one workload (convnd.bench's interleaved, shuffled rounds)."""
     shape, cin, cout, k = WORKLOADS[name]
     x = torch.randn(shape)
     theirs = torch.nn.Conv2d(cin, cout, k, padding=1)
@@ -52,13 +44,17 @@ def measure(name: str, rounds: int) -> dict[str, list[float]]:
         "convnd.Conv2d": lambda: ours(x),
     }
     assert torch.equal(convnd.conv(x, w, b, 1, 1), F.conv2d(x, w, b, 1, 1))
-    calls = max(1, int(0.02 / per_call(contenders["F.conv2d"], 3)))  # about 20 ms per contender per round
-    samples: dict[str, list[float]] = {key: [] for key in contenders}
+    # a step is many back-to-back calls (about 20 ms), so a microsecond call is not lost in timer noise
+    start = time.perf_counter()
+    contenders["F.conv2d"]()
+    calls = max(1, int(0.02 / max(time.perf_counter() - start, 1e-7)))
+
+    def repeated(fn: Callable[[], object]) -> Callable[[], None]:
+        return lambda: [fn() for _ in range(calls)] and None
+
     with torch.no_grad():
-        for _ in range(rounds):
-            for key, fn in contenders.items():
-                samples[key].append(per_call(fn, calls))
-    return samples
+        medians = time_side_by_side({key: repeated(fn) for key, fn in contenders.items()}, rounds)
+    return {key: seconds / calls for key, seconds in medians.items()}
 
 
 def main() -> None:
@@ -69,22 +65,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), medians of {args.rounds} interleaved rounds")
     for name in WORKLOADS:
-        samples = measure(name, args.rounds)
+        medians = measure(name, args.rounds)
         shape, cin, cout, k = WORKLOADS[name]
         print(f"\n{name}: input {shape}, {cin}->{cout} channels, {k}x{k} kernel, padding 1")
-        print(f"  {'':16s} {'median':>10s} {'min':>10s}")
-        for key, values in samples.items():
-            print(f"  {key:16s} {statistics.median(values) * 1e6:8.2f}us {min(values) * 1e6:8.2f}us")
+        for key, seconds in medians.items():
+            print(f"  {key:16s} {seconds * 1e6:9.2f}us")
         for ours, theirs in [
             ("convnd.conv", "F.conv2d"),
             ("convnd.Conv2d", "F.conv2d"),
             ("convnd.Conv2d", "torch.nn.Conv2d"),
         ]:
-            parts = []
-            for stat in (statistics.median, min):
-                extra = stat(samples[ours]) - stat(samples[theirs])
-                parts.append(f"{extra * 1e6:+8.2f}us ({extra / stat(samples[theirs]):+6.1%})")
-            print(f"  {ours} - {theirs}: median {parts[0]}, min {parts[1]}")
+            extra = medians[ours] - medians[theirs]
+            print(f"  {ours} - {theirs}: {extra * 1e6:+8.2f}us ({extra / medians[theirs]:+6.1%})")
 
 
 if __name__ == "__main__":

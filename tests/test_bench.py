@@ -113,3 +113,11 @@ def test_quick_cli_run_prints_tables_and_a_plot(tmp_path):
     assert "[#" not in done.stdout  # the progress bar never goes into the tables
     assert done.stderr == ""  # and, with stderr redirected (not a terminal), not into logs either
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_no_geometric_mean_line_when_only_native_ranks_ran():
+    out = io.StringIO()
+    tiny = bench.find("3d-tiny")
+    bench.run_benchmarks([tiny], modes=[False], rounds=1, strategies=False, gemm=64, out=out)
+    assert f"{tiny.name}: 3-d" in out.getvalue()
+    assert "geometric-mean" not in out.getvalue()
