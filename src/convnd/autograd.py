@@ -109,7 +109,7 @@ def weight_grad(
     """d<z, gz>/dw for ``z = conv(u, w)`` (symmetric zero padding): one native weight-gradient call per outer tap."""
     order = selection.axis_order(spec.dims, how.native_rank, how.native_axes)
     back = tuple(order.index(a) for a in range(spec.dims))
-    u, gz, w = (lowering._move(t, order) for t in (u, gz, weight))
+    u, gz, w = (lowering.move_axes(t, order) for t in (u, gz, weight))
     spec = spec.select(order)
     n_outer = spec.dims - how.native_rank
     outer, inner = spec.select(range(n_outer)), spec.select(range(n_outer, spec.dims))
@@ -117,7 +117,7 @@ def weight_grad(
     batch = u.shape[0]
     for tap in itertools.product(*(range(k) for k in outer.kernel)):
         windows = [
-            lowering._gather_step(t, n, o, s, d, lo)
+            lowering.gather_window(t, n, o, s, d, lo)
             for t, n, o, s, d, (lo, _) in zip(
                 tap, u.shape[2:], gz.shape[2:], outer.stride, outer.dilation, outer.padding
             )
@@ -142,7 +142,7 @@ def weight_grad(
             (False, True, False),
         )[1]
         grad_w[(slice(None), slice(None), *tap)] = tap_grad
-    return lowering._move(grad_w, back)
+    return lowering.move_axes(grad_w, back)
 
 
 def _fold(t: torch.Tensor, n_outer: int, batch: int) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 from .checks import check_operands
 from .layer_text import LayerText, from_module, parse_layer, parse_shape
 from .layout import DEFAULT_CHANNEL_DIM, Layout, resolve_layout
-from .lowering import _gather_step, _scatter_step, plan
+from .lowering import gather_window, plan, scatter_window
 from .spec import ConvSpec, fan_in
 
 # past these sizes torch is not asked to run on real tensors (meta tensors give shapes only)
@@ -322,7 +322,7 @@ def _tapsum_recipe(spec: ConvSpec, rank: int, channels: tuple[int, int], shape: 
     outer, inner = spec.select(range(n_outer)), spec.select(range(n_outer, spec.dims))
     sizes, batch = shape[-spec.dims : len(shape) - rank], math.prod(shape[: -spec.dims - 1])
     out_sizes = spec.output_size(shape[-spec.dims :])
-    step = _scatter_step if spec.transposed else _gather_step
+    step = scatter_window if spec.transposed else gather_window
     # a tap is skipped when it reads only padding in some outer dim, so the live taps are the product of
     # each dim's live taps: counted per dim, never enumerated (a huge kernel must not stall explain)
     per_dim = [

@@ -124,13 +124,15 @@ def lowered(
     if order != tuple(range(spec.dims)):
         back = tuple(order.index(a) for a in range(spec.dims))
         moved = replace(how, native_axes=())
-        return _move(lowered(_move(x, order), _move(weight, order), bias, spec.select(order), moved, pieces), back)
+        return move_axes(
+            lowered(move_axes(x, order), move_axes(weight, order), bias, spec.select(order), moved, pieces), back
+        )
     if pieces > 1:
         return LOWERINGS[how.strategy](x, weight, bias, spec, how.native_rank, pieces=pieces)
     return LOWERINGS[how.strategy](x, weight, bias, spec, how.native_rank)
 
 
-def _move(t: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
+def move_axes(t: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
     """Reorder the spatial dims (the trailing ``len(order)``) of ``t``."""
     lead = t.dim() - len(order)
     return t.permute((*range(lead), *(lead + a for a in order)))
@@ -218,7 +220,7 @@ def _tapsum(
         xp = x.permute(to_front).contiguous()
         y = x.new_zeros((batch, out_channels, *out_size))
         yp = y.permute(to_front)
-    step = _scatter_step if spec.transposed else _gather_step
+    step = scatter_window if spec.transposed else gather_window
     for tap in itertools.product(*(range(k) for k in outer.kernel)):
         windows = [
             step(t, n, o, s, d, lo)
@@ -249,7 +251,7 @@ LOWERINGS = {
 }
 
 
-def _gather_step(tap: int, size: int, out: int, stride: int, dilation: int, low: int) -> Window | None:
+def gather_window(tap: int, size: int, out: int, stride: int, dilation: int, low: int) -> Window | None:
     """Along one outer dim: the input slice tap ``tap`` reads and the output slice it writes.
 
     Output o reads input ``o * stride + tap * dilation - low``; keep the o inside the input.
@@ -258,7 +260,7 @@ def _gather_step(tap: int, size: int, out: int, stride: int, dilation: int, low:
     return None if run is None else (run[1], run[0])
 
 
-def _scatter_step(tap: int, size: int, out: int, stride: int, dilation: int, low: int) -> Window | None:
+def scatter_window(tap: int, size: int, out: int, stride: int, dilation: int, low: int) -> Window | None:
     """Transposed: the input slice tap ``tap`` spreads and the (strided) output slice it lands on.
 
     Input i lands on output ``i * stride + tap * dilation - low``; keep the i landing inside.

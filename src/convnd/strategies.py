@@ -87,7 +87,7 @@ def _folded(src: torch.Tensor, outer: ConvSpec, out: tuple[int, ...], first: int
     padding = ((outer.padding[0][0] - first * outer.stride[0], 0), *outer.padding[1:])
     shifted = replace(outer, padding=padding)
     for tap in itertools.product(*(range(k) for k in outer.kernel)):
-        windows = _windows(lowering._gather_step, tap, size[:n_outer], out, shifted)
+        windows = _windows(lowering.gather_window, tap, size[:n_outer], out, shifted)
         if windows is not None:
             where = (*(dst for _, dst in windows), Ellipsis, *tap, *(slice(None),) * rank)
             buf[where] = src[tuple(s for s, _ in windows)]
@@ -115,7 +115,7 @@ def _fold_transposed(
     out_outer = outer.output_size(in_outer)
     y = x.new_zeros((*out_outer, batch, groups, per_group_out, *slabs.shape[-rank:]))
     for tap in itertools.product(*(range(k) for k in outer.kernel)):
-        windows = _windows(lowering._scatter_step, tap, in_outer, out_outer, outer)
+        windows = _windows(lowering.scatter_window, tap, in_outer, out_outer, outer)
         if windows is not None:
             y[tuple(dst for _, dst in windows)].add_(
                 slabs[(*(s for s, _ in windows), Ellipsis, *tap, *(slice(None),) * rank)]
