@@ -48,6 +48,13 @@ def test_custom_backward_passes_gradcheck(name, case, transposed, kw, size, kern
     assert gradcheck(_fn(transposed, kw, name), inputs, fast_mode=True)
 
 
+@pytest.mark.parametrize("name", ["tapsum", "fold", "unfold", "fft"])
+@pytest.mark.parametrize(("case", "transposed", "kw", "size", "kernel"), CASES, ids=[c[0] for c in CASES])
+def test_autograd_through_every_strategy_passes_gradcheck(name, case, transposed, kw, size, kernel):
+    inputs = _operands(transposed, kw, size, kernel)
+    assert gradcheck(_fn(transposed, kw, name, custom=False), inputs, fast_mode=True)
+
+
 def test_custom_backward_is_twice_differentiable():
     transposed, kw, _, kernel = CASES[0][1:]
     x, w, b = _operands(transposed, kw, (3, 2, 3, 3), kernel)

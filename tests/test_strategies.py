@@ -12,7 +12,10 @@ import convnd
 from convnd import lowering, reference, selection, strategies
 from convnd.spec import make_spec
 
-STRATEGIES = ("tapsum", "fold", "unfold", "fft")
+STRATEGIES = ("tapsum", "fold", "unfold", "fft", "band")
+
+KERNEL = (3, 2, 3, 2, 3)
+SIZE = (5, 4, 6, 5, 4)
 
 # (name, dims, conv kwargs): stride, dilation, groups, every padding form and mode, transposed
 CASES = [
@@ -27,9 +30,20 @@ CASES = [
     ("transposed", 4, {"transposed": True, "stride": 2, "padding": 1, "output_padding": 1, "groups": 2}),
     ("transposed-dilated", 4, {"transposed": True, "dilation": (2, 1, 1, 2), "padding": (0, 1, 0, 2)}),
     ("transposed", 5, {"transposed": True, "stride": (2, 1, 1, 1, 2), "padding": 0, "output_padding": (1, 0, 0, 0, 0)}),
+    # kernel == stride: patches (unfold's reshape) and un-patching (its col2im is one permute), cropped and padded
+    ("patch", 4, {"stride": KERNEL[:4]}),
+    (
+        "transposed-patch",
+        4,
+        {
+            "transposed": True,
+            "stride": (3, 2, 3, 2),
+            "padding": (1, 0, 0, 1),
+            "output_padding": (0, 1, 2, 0),
+            "groups": 2,
+        },
+    ),
 ]
-KERNEL = (3, 2, 3, 2, 3)
-SIZE = (5, 4, 6, 5, 4)
 
 
 def _operands(dims: int, kw: dict, dtype: torch.dtype = torch.float64):
@@ -179,10 +193,10 @@ BENCH_CHOICES = {
     "4d": "fold",
     "4d-wide": "fold",
     "4d-strided": "fold",
-    "4d-depthwise": "tapsum",
+    "4d-depthwise": "band",
     "4d-large-kernel": "tapsum",
     "5d": "fold",
-    "4d-transposed": "fold",
+    "4d-transposed": "unfold",
 }
 
 
@@ -232,7 +246,10 @@ def test_fold_in_pieces_of_its_folded_batch_is_exact(dims, kw, max_memory, monke
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "winograd"}, "strategy must be one of 'tapsum', 'fold', 'unfold', 'fft', 'measure', got 'winograd'"),
+        (
+            {"name": "winograd"},
+            "strategy must be one of 'tapsum', 'fold', 'unfold', 'fft', 'band', 'measure', got 'winograd'",
+        ),
         ({"max_memory": 0}, "max_memory must be a positive int (bytes), got 0"),
         ({"max_memory": 1.5}, "max_memory must be a positive int (bytes), got 1.5"),
         ({"native_axes": (1, 1, 2)}, "native_axes must be distinct spatial dim indices >= 0, got (1, 1, 2)"),

@@ -70,6 +70,7 @@ def plan(
     *,
     input_shape: Sequence[int] | None = None,
     weight_shape: Sequence[int] | None = None,
+    channels_first: bool = True,
 ) -> Plan:
     """Choose how to run ``spec``; ``native_rank`` forces the rank of the native kernels.
 
@@ -81,6 +82,8 @@ def plan(
         spec: the convolution.
         native_rank: 1, 2 or 3; by default the spec's own rank, capped at 3.
         input_shape, weight_shape: the operands' shapes (batched or not), for the cost model.
+        channels_first: whether the input's memory holds channels before spatial dims (torch's
+            layout); False (a channels-last view) rules out ``band``, which would copy it to merge them.
     """
     rank = min(spec.dims, 3) if native_rank is None else native_rank
     if rank not in NATIVE_RANKS:
@@ -90,7 +93,9 @@ def plan(
     if spec.dims < rank:
         return Plan(rank, "lift")
     # a rank the caller chose (emulate, rewrite) promises the plain tap sum's native calls of that rank
-    return selection.choose(spec, rank, input_shape, weight_shape, native_only=native_rank is not None)
+    return selection.choose(
+        spec, rank, input_shape, weight_shape, native_only=native_rank is not None, channels_first=channels_first
+    )
 
 
 def execute(
@@ -248,6 +253,7 @@ LOWERINGS = {
     "fold": strategies.fold,
     "unfold": strategies.unfold,
     "fft": strategies.fft,
+    "band": strategies.band,
 }
 
 

@@ -28,7 +28,7 @@ from .caching import trace_safe_cache
 from .errors import fail
 from .spec import ConvSpec
 
-STRATEGIES = ("tapsum", "fold", "unfold", "fft")
+STRATEGIES = ("tapsum", "fold", "unfold", "fft", "band")
 _FORCED: list[dict[str, Any]] = []
 _MEASURED: dict[tuple[Any, ...], str] = {}
 
@@ -84,8 +84,11 @@ def choose(
     weight_shape: Sequence[int] | None,
     *,
     native_only: bool = False,
+    channels_first: bool = True,
 ) -> lowering.Plan:
     """The plan for N > r: forced settings first, then the cost model (tapsum without shapes).
+
+    ``channels_first`` False (a channels-last input) leaves ``band`` out of the cost model's candidates.
 
     ``native_only`` is for callers that chose the rank (``emulate``, ``rewrite``): their plans
     are the plain tap sum over the trailing dims unless :func:`strategy` says otherwise, so the
@@ -104,15 +107,22 @@ def choose(
     if axes is None:
         axes = largest_axes(x_shape[2:], rank)
     if name is None:
-        name = cheapest(spec, lowering.Plan(rank, "tapsum", axes, budget), x_shape, tuple(weight_shape))
+        candidates = STRATEGIES if channels_first else tuple(s for s in STRATEGIES if s != "band")
+        name = cheapest(spec, lowering.Plan(rank, "tapsum", axes, budget), x_shape, tuple(weight_shape), candidates)
     return lowering.Plan(rank, name, axes, budget, custom)
 
 
 @trace_safe_cache(maxsize=4096)
-def cheapest(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> str:
+def cheapest(
+    spec: ConvSpec,
+    how: lowering.Plan,
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    candidates: tuple[str, ...] = STRATEGIES,
+) -> str:
     """The strategy the cost model prefers (cached: it is pure arithmetic on hashable arguments)."""
-    costs = [chunked_cost(s, spec, how, x_shape, w_shape) for s in STRATEGIES]
-    return STRATEGIES[costs.index(min(costs))]  # not min(key=...): torch.compile cannot trace that
+    costs = [chunked_cost(s, spec, how, x_shape, w_shape) for s in candidates]
+    return candidates[costs.index(min(costs))]  # not min(key=...): torch.compile cannot trace that
 
 
 def custom_backward_pays(spec: ConvSpec, rank: int) -> bool:
@@ -181,7 +191,6 @@ def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_sh
     batch, channels = x_shape[:2]
     out_channels = w_shape[1] * spec.groups if spec.transposed else w_shape[0]
     per_group_in = channels // spec.groups
-    padded = tuple(m + lo + hi for m, (lo, hi) in zip(spatial, spec.padding))
     return {
         "spec": spec,
         "n_outer": n_outer,
@@ -198,12 +207,27 @@ def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_sh
         "out_channels": out_channels,
         "per_group_in": per_group_in,
         "per_group_out": out_channels // spec.groups,
-        "fft_size": math.prod(padded) if not spec.transposed else math.prod(out) + math.prod(spec.window),
+        # strategies.fft_sizes before rounding up to a fast size (no comparisons of sizes: they would be guards)
+        "fft_size": math.prod([m + max(lo, hi) for m, (lo, hi) in zip(spatial, spec.padding)])
+        if not spec.transposed
+        else math.prod(out) + math.prod(spec.window),
         "macs": batch
         * out_channels
         * per_group_in
         * math.prod(spec.kernel)
         * math.prod(out if not spec.transposed else spatial),
+        # band: every (output, input) pair of outer positions, per inner tap and inner output position
+        "band_macs": (
+            batch * channels * (out_channels // spec.groups) * math.prod(spatial) * math.prod(out[:n_outer])
+            if spec.transposed
+            else batch * out_channels * per_group_in * math.prod(out) * math.prod(spatial[:n_outer])
+        )
+        * math.prod(spec.kernel[n_outer:]),
+        "band_weight": out_channels
+        * per_group_in
+        * math.prod(out[:n_outer])
+        * math.prod(spatial[:n_outer])
+        * math.prod(spec.kernel[n_outer:]),
         # what unfold and fft compute: a transposed convolution as the forward one over zero-spaced input
         "dense_macs": batch * out_channels * per_group_in * math.prod(spec.kernel) * math.prod(out),
     }
@@ -230,9 +254,15 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
         # (measured peaks of the bench's fold workloads: within 7% of this, the output not counted)
         folded = g["batch"] * g["channels"] * g["outer_taps"] * g["outer_out"] * g["inner_in"]
         return folded + g["out"]
+    if name == "band":
+        # the banded weight, oneDNN's reordered copy of it, and the native call's copies of its merged input and output
+        return 2 * g["band_weight"] + native
     if name == "unfold":
-        columns = g["dense_macs"] // max(g["per_group_out"], 1)
-        return columns + g["out"] + (g["in"] * math.prod(g["spec"].stride) if g["spec"].transposed else 0)
+        if g["spec"].transposed:
+            # every tap's columns of every input position; col2im adds them into a zeroed output unless they tile it
+            columns = g["macs"] // max(g["per_group_in"], 1)
+            return g["in"] + columns + (0 if tiles(g["spec"]) else g["out"])
+        return g["dense_macs"] // max(g["per_group_out"], 1) + g["out"]
     # fft: input, output and weight spectra (complex halves, about one real element per point) and the inverse
     per_point = g["batch"] * (g["channels"] + 2 * g["out_channels"]) + g["out_channels"] * g["per_group_in"]
     return 2 * per_point * g["fft_size"] + g["in"]  # x2: complex temporaries of the product, measured
@@ -244,6 +274,7 @@ def cost(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], 
     traffic = workspace(name, spec, how, x_shape, w_shape) * _SECONDS_PER_ELEMENT
     flops = 2 * g["macs"]
     inner = g["per_group_in"] * g["inner_taps"]
+    taps = g["outer_taps"] * g["inner_taps"]
     if name == "tapsum":
         calls = g["outer_taps"]
         rate = _rate(inner, g["per_group_out"], g["per_group_in"])
@@ -256,10 +287,17 @@ def cost(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], 
         if g["per_group_in"] == 1 < g["spec"].groups:
             rate /= 8  # folding taps makes a depthwise weight merely grouped: oneDNN's depthwise kernel is lost
         return flops / rate + traffic + _CALL
+    if name == "band":  # outer positions as channels: a deeper, wider GEMM over the band's mostly-zero terms
+        band_flops = 2 * g["band_macs"]
+        rate = _rate(inner * g["outer_in"], g["per_group_out"] * g["outer_out"], g["per_group_in"] * g["outer_in"])
+        return band_flops / (rate * _BAND_FILL) + traffic + _CALL
     if name == "unfold":
+        if g["spec"].transposed:  # (B * S_in, C/G) @ (C/G, C_out/G * taps), then col2im
+            return flops / _rate(g["per_group_in"], g["per_group_out"] * taps, gemm=True) + 2 * traffic
         return 2 * g["dense_macs"] / _rate(inner * g["outer_taps"], g["per_group_out"], gemm=True) + traffic
     points = g["fft_size"]
-    transforms = (g["batch"] * (g["channels"] + g["out_channels"]) + g["out_channels"] * g["per_group_in"]) * points
+    # the weight's transforms are pruned to the kernel's extent first (strategies._transform): about a third
+    transforms = (g["batch"] * (g["channels"] + g["out_channels"]) + g["out_channels"] * g["per_group_in"] / 3) * points
     products = 4 * g["batch"] * g["out_channels"] * g["per_group_in"] * points
     return (5 * transforms * math.log2(max(points, 2)) + products) / _FFT_RATE + traffic
 
@@ -305,13 +343,22 @@ def fold_pieces(
     return next((p for p in range(1, rows) if math.ceil(rows / p) * overshoot <= rows), rows)
 
 
+def tiles(spec: ConvSpec) -> bool:
+    """Whether a transposed kernel exactly tiles its stride (un-patching): each output element is one tap's."""
+    return all(s == k for s, k in zip(spec.stride, spec.kernel)) and all(d == 1 for d in spec.dilation)
+
+
 # calibrated on the README's 2-core machine (see benchmarks/); only ratios matter for the choice
 _PEAK = 150e9  # float32 FLOP/s of a large GEMM
-_FFT_RATE = 1e9
+_FFT_RATE = 2e9
 _SECONDS_PER_ELEMENT = 0.5e-9
 _CALL = 30e-6
 _PIECE = 0.12  # an output piece with its halo of input rows: its calls again, smaller (fitted to the bench)
 _FOLD_PIECE = 0.03  # a piece of fold's folded batch costs a native call and a slice of the output copy
+# the band's GEMM measured at about half the rate _rate gives its shape (its weight is mostly zeros, which oneDNN
+# multiplies anyway, and it reorders that big weight on every call): fitted to the bench's depthwise workload
+# (band 1.5-1.7x faster than tapsum) and large-kernel one (band in pieces 1.15x slower than tapsum)
+_BAND_FILL = 0.5
 _BLOCK = 16  # oneDNN's channel block on AVX-512: a native call's input channels are padded up to a multiple
 
 
