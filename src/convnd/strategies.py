@@ -310,21 +310,18 @@ def _unfold_transposed(
         full = cols.permute(interleaved).reshape(
             (batch, groups, per_group_out, *(m * k for m, k in zip(size, spec.kernel)))
         )
-    else:
-        reach = tuple(
-            (m - 1) * s + d * (k - 1) + 1 for m, s, d, k in zip(size, spec.stride, spec.dilation, spec.kernel)
-        )
-        full = x.new_zeros((batch, groups, per_group_out, *reach))
+        # crop the padding; output_padding rows past the last tap's reach are zeros
+        short = tuple(max(lo + o - f, 0) for lo, o, f in zip(low, out, full.shape[3:]))
+        if any(short):
+            full = F.pad(full, torch_pad_order(tuple((0, m) for m in short)))
+        y = full[(Ellipsis, *(slice(lo, lo + o) for lo, o in zip(low, out)))]
+    else:  # col2im: each tap's columns added where they land, as the transposed tap sum scatters
+        y = x.new_zeros((batch, groups, per_group_out, *out))
         for tap in itertools.product(*(range(k) for k in spec.kernel)):
-            where = tuple(
-                slice(t * d, t * d + (m - 1) * s + 1, s) for t, d, m, s in zip(tap, spec.dilation, size, spec.stride)
-            )
-            full[(Ellipsis, *where)].add_(cols[(Ellipsis, *tap)])
-    # crop the padding; output_padding rows past the last tap's reach are zeros
-    short = tuple(max(lo + o - f, 0) for lo, o, f in zip(low, out, full.shape[3:]))
-    if any(short):
-        full = F.pad(full, torch_pad_order(tuple((0, m) for m in short)))
-    y = full[(Ellipsis, *(slice(lo, lo + o) for lo, o in zip(low, out)))].reshape((batch, groups * per_group_out, *out))
+            windows = _windows(lowering.scatter_window, tap, size, out, spec)
+            if windows is not None:
+                y[(Ellipsis, *(dst for _, dst in windows))].add_(cols[(Ellipsis, *(src for src, _ in windows), *tap)])
+    y = y.reshape((batch, groups * per_group_out, *out))
     if bias is not None:
         y = y + bias.reshape((-1,) + (1,) * n)
     return y.contiguous()
