@@ -55,18 +55,37 @@ def test_autograd_through_every_strategy_passes_gradcheck(name, case, transposed
     assert gradcheck(_fn(transposed, kw, name, custom=False), inputs, fast_mode=True)
 
 
-def test_custom_backward_is_twice_differentiable():
+@pytest.mark.parametrize("name", ["tapsum", "fold"])
+def test_custom_backward_is_twice_differentiable(name):
     transposed, kw, _, kernel = CASES[0][1:]
     x, w, b = _operands(transposed, kw, (3, 2, 3, 3), kernel)
-    assert gradgradcheck(_fn(transposed, kw, "tapsum"), (x, w, b), fast_mode=True)
+    assert gradgradcheck(_fn(transposed, kw, name), (x, w, b), fast_mode=True)
 
 
+@pytest.mark.parametrize("budget", [1, 2048])
+@pytest.mark.parametrize(("case", "transposed", "kw", "size", "kernel"), CASES[:3] + CASES[5:], ids=lambda c: c)
+def test_fold_backward_rebuilds_the_pieces_its_forward_ran_in(case, transposed, kw, size, kernel, budget, monkeypatch):
+    # a budget of 1 byte: one output row of the first lowered dim per piece; 2048: a few rows each
+    pieces = []
+    real = convnd.strategies.fold_backward
+    monkeypatch.setattr(convnd.strategies, "fold_backward", lambda *a: pieces.append(a[5]) or real(*a))
+    inputs = _operands(transposed, kw, size, kernel)
+
+    def f(x, w, b):
+        with convnd.strategy("fold", max_memory=budget, custom_backward=True):
+            return convnd.conv(x, w, b, **kw)
+
+    assert gradcheck(f, inputs, fast_mode=True)
+    assert pieces and min(pieces) > 1
+
+
+@pytest.mark.parametrize("name", ["tapsum", "fold"])
 @pytest.mark.parametrize(("case", "transposed", "kw", "size", "kernel"), CASES, ids=[c[0] for c in CASES])
-def test_custom_backward_equals_autograd_through_the_lowering(case, transposed, kw, size, kernel):
+def test_custom_backward_equals_autograd_through_the_lowering(case, transposed, kw, size, kernel, name):
     grads = []
     for custom in (True, False):
         x, w, b = _operands(transposed, kw, size, kernel)
-        y = _fn(transposed, kw, "tapsum", custom)(x, w, b)
+        y = _fn(transposed, kw, name, custom)(x, w, b)
         y.backward(torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape))
         grads.append((x.grad, w.grad, b.grad))
     for ours, theirs in zip(*grads):
@@ -92,3 +111,31 @@ def test_the_function_runs_when_a_gradient_is_needed_and_the_rule_or_the_user_as
     with convnd.strategy(custom_backward=True):
         convnd.conv(x, narrow, b).sum().backward()
     assert applied == [1, 1]
+
+
+def test_fold_takes_its_own_backward_by_default():
+    x, w, _ = _operands(False, {}, (5, 3, 3, 3), (3, 2, 2, 2))
+    with convnd.strategy("fold"):
+        plan = convnd.lowering.plan(convnd.spec.make_spec((3, 2, 2, 2)), input_shape=x.shape, weight_shape=w.shape)
+    assert plan.custom_backward
+    with convnd.strategy("fold", custom_backward=False):
+        plan = convnd.lowering.plan(convnd.spec.make_spec((3, 2, 2, 2)), input_shape=x.shape, weight_shape=w.shape)
+    assert not plan.custom_backward
+
+
+def test_fold_backward_of_single_small_images_matches_autograd(monkeypatch):
+    # one output row per piece and batch 1: each native backward sees one small float32 image (the doubled path)
+    doubled = []
+    real = convnd.lowering._slow_single
+    monkeypatch.setattr(convnd.lowering, "_slow_single", lambda *a: doubled.append(real(*a)) or doubled[-1])
+    gen = torch.Generator().manual_seed(0)
+    x0, w0 = torch.randn((1, 4, 3, 5, 4, 4), generator=gen), torch.randn((3, 4, 3, 3, 3, 3), generator=gen)
+    grads = []
+    for custom in (True, False):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        with convnd.strategy("fold", max_memory=1, custom_backward=custom):
+            convnd.conv(x, w, padding=1).square().sum().backward()
+        grads.append((x.grad, w.grad))
+    assert any(doubled)
+    for ours, theirs in zip(*grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)

@@ -10,7 +10,10 @@ and computes, through the same planner:
 - the weight gradient as a correlation of the input with the output gradient: for each
   outer kernel tap, one native r-d weight-gradient kernel
   (``aten.convolution_backward``) over the folded slices that tap pairs up;
-- the bias gradient as a sum.
+- the bias gradient as a sum;
+- for a ``fold`` plan, both gradients at once instead: one native backward call per
+  piece on the rebuilt folded input, then col2im
+  (:func:`convnd.strategies.fold_backward`).
 
 Every step is itself differentiable, so double backward works. Only shapes (ints) steer
 the computation, never tensor values, so it traces under ``torch.compile`` and
@@ -26,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import chunking, lowering, selection
+from . import chunking, lowering, selection, strategies
 from .padding import pad_nd, torch_pad_order
 from .spec import ConvSpec, make_spec
 
@@ -38,6 +41,8 @@ def run(
     wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     if not (wants_grad and how.custom_backward):
         return chunking.run_within(x, weight, bias, spec, how)
+    if how.strategy == "measure":  # settle the choice now: the backward follows the strategy that ran
+        how = selection.measured(x, weight, bias, spec, how)
     if spec.padding_mode != "zeros" or not spec.symmetric:
         # explicit padding (its own backward is autograd's), so the adjoint below sees symmetric zeros
         x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()
@@ -64,6 +69,11 @@ class LoweredConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         spec, how = ctx.spec, ctx.how
         grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, *range(2, grad.dim())))
+        if how.strategy == "fold" and not spec.transposed:
+            grad_x, grad_w = fold_grads(grad, x, weight, spec, how, tuple(ctx.needs_input_grad[:2]))
+            return grad_x, grad_w, grad_b, None, None
         if ctx.needs_input_grad[0]:
             grad_x = input_grad(grad, weight, spec, tuple(x.shape[2:]), how)
         if ctx.needs_input_grad[1]:
@@ -71,9 +81,26 @@ class LoweredConv(torch.autograd.Function):
                 grad_w = weight_grad(grad, x, weight, _forward_of(spec), how)
             else:
                 grad_w = weight_grad(x, grad, weight, spec, how)
-        if ctx.needs_input_grad[2]:
-            grad_b = grad.sum(dim=(0, *range(2, grad.dim())))
         return grad_x, grad_w, grad_b, None, None
+
+
+def fold_grads(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    spec: ConvSpec,
+    how: lowering.Plan,
+    needs: tuple[bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The input and weight gradients of a ``fold`` plan: :func:`convnd.strategies.fold_backward`, in the
+    plan's dim order and with the pieces its forward ran in."""
+    order = selection.axis_order(spec.dims, how.native_rank, how.native_axes)
+    back = tuple(order.index(a) for a in range(spec.dims))
+    pieces = chunking.fold_pieces(x, weight, spec, how)
+    grad_x, grad_w = strategies.fold_backward(
+        *(lowering.move_axes(t, order) for t in (grad, x, weight)), spec.select(order), how.native_rank, pieces, needs
+    )
+    return tuple(None if g is None else lowering.move_axes(g, back) for g in (grad_x, grad_w))
 
 
 def _forward_of(spec: ConvSpec) -> ConvSpec:
@@ -128,19 +155,7 @@ def weight_grad(
         gzs = _fold(gz[(slice(None), slice(None), *(dst for _, dst in windows))], n_outer, batch)
         us = _pad_inner(us, gzs, inner)
         w_tap = w[(slice(None), slice(None), *tap)]
-        tap_grad = torch.ops.aten.convolution_backward(
-            gzs,
-            us,
-            w_tap,
-            None,
-            inner.stride,
-            (0,) * inner.dims,  # padded explicitly by _pad_inner
-            inner.dilation,
-            False,
-            (0,) * inner.dims,
-            spec.groups,
-            (False, True, False),
-        )[1]
+        tap_grad = lowering.native_backward(gzs, us, w_tap, inner.unpadded(), (False, True))[1]  # padded above
         grad_w[(slice(None), slice(None), *tap)] = tap_grad
     return lowering.move_axes(grad_w, back)
 

@@ -62,11 +62,7 @@ def run_within(
         return selection.workspace(how.strategy, spec, how, shape, tuple(weight.shape)) * x.element_size() <= limit
 
     if how.strategy == "fold" and not spec.transposed:  # fold splits its own folded batch, without halos
-        whole = selection.workspace("fold", spec, how, tuple(x.shape), tuple(weight.shape)) * x.element_size()
-        out_bytes = x.shape[0] * out_channels * math.prod(out_size) * x.element_size()
-        overshoot = max(whole / limit, out_bytes / FOLD_OUTPUT_PIECE)
-        pieces = selection.fold_pieces(spec, how, tuple(x.shape), tuple(weight.shape), overshoot)
-        return lowering.lowered(x, weight, bias, spec, how, pieces)
+        return lowering.lowered(x, weight, bias, spec, how, fold_pieces(x, weight, spec, how))
     if fits(tuple(x.shape)):
         return lowering.lowered(x, weight, bias, spec, how)
     y = x.new_zeros((x.shape[0], out_channels, *out_size))
@@ -84,6 +80,18 @@ def run_within(
     if bias is not None:
         y = y + bias.reshape((-1,) + (1,) * spec.dims)
     return y
+
+
+def fold_pieces(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, how: lowering.Plan) -> int:
+    """How many pieces ``fold`` computes its output in: what the budget needs, and pieces of at most
+    :data:`FOLD_OUTPUT_PIECE` bytes of output (its backward rebuilds the same pieces)."""
+    if how.max_memory is None and selection.symbolic(x.shape):
+        return 1
+    out_channels = weight.shape[0]
+    out_bytes = x.shape[0] * out_channels * math.prod(spec.output_size(x.shape[2:])) * x.element_size()
+    whole = selection.workspace("fold", spec, how, tuple(x.shape), tuple(weight.shape)) * x.element_size()
+    overshoot = max(whole / budget(x, out_bytes // x.element_size(), how), out_bytes / FOLD_OUTPUT_PIECE)
+    return selection.fold_pieces(spec, how, tuple(x.shape), tuple(weight.shape), overshoot)
 
 
 def _pieces_along(x: torch.Tensor, spec: ConvSpec, axis: int, out_size: tuple[int, ...], fits) -> int:

@@ -174,15 +174,51 @@ def native_lowered(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     stride-0 view; the second result is dropped, so gradients stay exact): oneDNN's path,
     at worst twice a small call. Still ``aten.convolution``, so it traces and exports.
     """
-    if (
+    if _slow_single(x, spec):
+        return native(x.expand((2, *x.shape[1:])), weight, bias, spec)[:1]
+    return native(x, weight, bias, spec)
+
+
+def _slow_single(x: torch.Tensor, spec: ConvSpec) -> bool:
+    """Whether torch would send this call to its slow im2col kernel (see :func:`native_lowered`)."""
+    return (
         x.shape[0] == 1
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and spec.groups == 1
         and math.prod(x.shape[:4]) <= 20480
-    ):
-        return native(x.expand((2, *x.shape[1:])), weight, bias, spec)[:1]
-    return native(x, weight, bias, spec)
+    )
+
+
+def native_backward(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, needs: tuple[bool, bool]
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The input and weight gradients of ``native_lowered(x, weight, None, spec)`` (symmetric zero padding),
+    both from one native backward call (``needs`` says which).
+
+    A batch of one small image runs as two (the image and a zero gradient), for the reason
+    :func:`native_lowered` gives; the second half's input gradient is dropped and adds
+    nothing to the weight gradient.
+    """
+    single = _slow_single(x, spec)
+    if single:
+        x, grad = x.expand((2, *x.shape[1:])), torch.cat((grad, grad.new_zeros(grad.shape)))
+    grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+        grad,
+        x,
+        weight,
+        None,
+        spec.stride,
+        tuple(lo for lo, _ in spec.padding),
+        spec.dilation,
+        False,
+        (0,) * spec.dims,
+        spec.groups,
+        (needs[0], needs[1], False),
+    )
+    if single and grad_x is not None:
+        grad_x = grad_x[:1]
+    return grad_x, grad_w
 
 
 def _lift(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, rank: int) -> torch.Tensor:

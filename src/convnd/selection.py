@@ -97,18 +97,19 @@ def choose(
     forced = _FORCED[-1] if _FORCED else {}
     name, axes, budget = forced.get("strategy"), forced.get("native_axes"), forced.get("max_memory")
     custom = forced.get("custom_backward")
-    if custom is None:
-        custom = custom_backward_pays(spec, rank)
     if axes is not None and (len(axes) != rank or axes[-1] >= spec.dims):
         fail("native_axes", axes, f"{rank} distinct spatial dims below {spec.dims}", reason=f"native rank {rank}")
     if native_only or input_shape is None or weight_shape is None or symbolic(input_shape):
-        return lowering.Plan(rank, name or "tapsum", axes or (), budget, custom, pinned=native_only)
+        name = name or "tapsum"
+        custom = custom_backward_pays(spec, rank, name) if custom is None else custom
+        return lowering.Plan(rank, name, axes or (), budget, custom, pinned=native_only)
     x_shape = _batched(input_shape, spec)
     if axes is None:
         axes = largest_axes(x_shape[2:], rank)
     if name is None:
         candidates = STRATEGIES if channels_first else tuple(s for s in STRATEGIES if s != "band")
         name = cheapest(spec, lowering.Plan(rank, "tapsum", axes, budget), x_shape, tuple(weight_shape), candidates)
+    custom = custom_backward_pays(spec, rank, name) if custom is None else custom
     return lowering.Plan(rank, name, axes, budget, custom)
 
 
@@ -125,14 +126,20 @@ def cheapest(
     return candidates[costs.index(min(costs))]  # not min(key=...): torch.compile cannot trace that
 
 
-def custom_backward_pays(spec: ConvSpec, rank: int) -> bool:
-    """Whether :mod:`convnd.autograd` beats autograd through the lowering: for kernels wider than 3 in a lowered dim.
+def custom_backward_pays(spec: ConvSpec, rank: int, name: str = "tapsum") -> bool:
+    """Whether :mod:`convnd.autograd` beats autograd through the lowering ``name``.
 
-    Measured side by side (README, forward+backward): with 3-wide kernels autograd through
-    the lowering was 1.1-2x faster (its per-tap native backward computes both gradients in
-    one call on slices it already holds); with the 7-wide kernel the custom backward was
-    2x faster. The custom backward always holds less memory (only input and weight).
+    ``fold`` (forward): always; its backward is one native backward call per piece on the
+    rebuilt folded input (:func:`convnd.strategies.fold_backward`), where autograd
+    through it also copies the whole folded gradient once per tap.
+    Otherwise: for kernels wider than 3 in a lowered dim. Measured side by side (README,
+    forward+backward): with 3-wide kernels autograd through the lowering was 1.1-2x
+    faster than the lowered adjoint (its per-tap native backward computes both gradients
+    in one call on slices it already holds); with the 7-wide kernel the adjoint was 2x
+    faster. The custom backward always holds less memory (only input and weight).
     """
+    if name == "fold" and not spec.transposed:
+        return True
     return max(spec.kernel[: spec.dims - rank], default=0) > 3
 
 

@@ -66,14 +66,93 @@ def fold(
     src = x.reshape((batch, spec.groups, x.shape[1] // spec.groups, *x.shape[2:])).permute(
         _outer_first(n_outer, 3, rank)
     )
-    step = math.ceil(out_outer[0] / min(max(pieces, 1), out_outer[0]))
-    for first in range(0, out_outer[0], step):
-        rows = min(step, out_outer[0] - first)
+    for first, rows in _row_runs(out_outer[0], pieces):
         folded = _folded(src, outer, (rows, *out_outer[1:]), first, x.shape[2:])
         part = lowering.native_lowered(folded.flatten(0, n_outer).flatten(1, -rank - 1), w, bias, inner)
         y_outer[first : first + rows] = part.reshape((rows, *out_outer[1:], batch, out_channels, *out_inner))
         del folded, part  # before the next piece's buffers: one piece's at a time
     return y
+
+
+def fold_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    spec: ConvSpec,
+    rank: int,
+    pieces: int,
+    needs: tuple[bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The input and weight gradients of :func:`fold` (symmetric zero padding), piece by piece as it ran.
+
+    Each piece's folded input is rebuilt (only ``x`` is saved), one native backward call
+    gives the gradients of the folded input and of the folded weight at once, and the
+    folded input's gradient is added back where each tap read it (col2im over the outer
+    dims). Autograd through :func:`fold` did the same work plus a zero-filled copy of the
+    whole folded buffer per tap it had written.
+    """
+    n_outer = spec.dims - rank
+    outer, inner = spec.select(range(n_outer)), spec.select(range(n_outer, spec.dims))
+    batch, out_channels = x.shape[0], weight.shape[0]
+    w = weight.reshape((out_channels, weight.shape[1] * math.prod(outer.kernel), *weight.shape[2 + n_outer :]))
+    out_outer, size = tuple(grad.shape[2 : 2 + n_outer]), tuple(x.shape[2 : 2 + n_outer])
+    grouped = (batch, spec.groups, x.shape[1] // spec.groups, *x.shape[2:])
+    src = x.reshape(grouped).permute(_outer_first(n_outer, 3, rank))
+    # the input gradient accumulates in the folded gradient's memory order (channels innermost), so each tap's
+    # add streams both operands alike; one copy at the end puts it in x's layout (measured 2-3x faster than
+    # adding channels-innermost slices into a channels-first tensor tap by tap)
+    grad_src = None
+    if needs[0]:
+        order = (*range(n_outer + 1), *range(n_outer + 3, n_outer + 3 + rank), n_outer + 1, n_outer + 2)
+        shape = tuple(src.shape[a] for a in order)
+        grad_src = x.new_zeros(shape).permute(tuple(order.index(a) for a in range(len(shape))))
+    grad_outer = grad.permute(_outer_first(n_outer, 2, rank))
+    grad_w = None
+    for first, rows in _row_runs(out_outer[0], pieces):
+        out = (rows, *out_outer[1:])
+        folded = _folded(src, outer, out, first, x.shape[2:])
+        # the output gradient channels_last like the folded input: oneDNN's backward on a mix of layouts (or on
+        # both plain) measured 2-4x slower (its reorders; a stride-2 data gradient in plain layout the worst)
+        gy = _channels_last(grad_outer[first : first + rows], n_outer + 1).flatten(0, n_outer)
+        g_folded, g_w = lowering.native_backward(gy, folded.flatten(0, n_outer).flatten(1, -rank - 1), w, inner, needs)
+        if g_w is not None:
+            grad_w = g_w if grad_w is None else grad_w + g_w
+        if grad_src is not None:
+            g_folded = g_folded.unflatten(1, folded.shape[n_outer + 1 : -rank])
+            g_folded = g_folded.unflatten(0, folded.shape[: n_outer + 1])  # as ``folded``: (*out, B, G, C/G, *taps, ..)
+            for tap, windows in _tap_windows(outer, size, out, first):
+                if windows is None:
+                    continue  # this tap reads only padding in this piece
+                grad_src[tuple(s for s, _ in windows)] += g_folded[
+                    (*(dst for _, dst in windows), Ellipsis, *tap, *(slice(None),) * rank)
+                ]
+        del folded, gy, g_folded
+    grad_x = None
+    if grad_src is not None:
+        to_x = (n_outer, n_outer + 1, n_outer + 2, *range(n_outer), *range(n_outer + 3, n_outer + 3 + rank))
+        grad_x = grad_src.permute(to_x).reshape(x.shape).contiguous()
+    return grad_x, None if grad_w is None else grad_w.reshape(weight.shape)
+
+
+def _row_runs(rows: int, pieces: int) -> list[tuple[int, int]]:
+    """(first, count) of ``pieces`` runs of output rows (fewer when rows are fewer)."""
+    step = math.ceil(rows / min(max(pieces, 1), rows))
+    return [(first, min(step, rows - first)) for first in range(0, rows, step)]
+
+
+def _channels_last(t: torch.Tensor, channel_axis: int) -> torch.Tensor:
+    """A copy of ``t`` with ``channel_axis`` innermost in memory (same shape): a channels_last batch, any rank."""
+    return t.movedim(channel_axis, -1).contiguous().movedim(-1, channel_axis)
+
+
+def _tap_windows(outer: ConvSpec, size: tuple[int, ...], out: tuple[int, ...], first: int):
+    """Each outer tap with its per-dim (source, destination) slices for output rows ``first ..``;
+    None as windows when the tap reads only padding there."""
+    # rows first.. of the whole output are the output of a conv whose low padding starts ``first`` strides later
+    padding = ((outer.padding[0][0] - first * outer.stride[0], 0), *outer.padding[1:])
+    shifted = replace(outer, padding=padding)
+    for tap in itertools.product(*(range(k) for k in outer.kernel)):
+        yield tap, _windows(lowering.gather_window, tap, size, out, shifted)
 
 
 def _folded(src: torch.Tensor, outer: ConvSpec, out: tuple[int, ...], first: int, size) -> torch.Tensor:
@@ -85,11 +164,7 @@ def _folded(src: torch.Tensor, outer: ConvSpec, out: tuple[int, ...], first: int
     # reads in place (no reorder into its blocked layout): measured 1.1-1.4x faster on the bench's fold workloads
     order = (*range(n_outer + 1), *range(len(shape) - rank, len(shape)), *range(n_outer + 1, len(shape) - rank))
     buf = src.new_zeros(tuple(shape[a] for a in order)).permute(tuple(order.index(a) for a in range(len(shape))))
-    # rows first.. of the whole output are the output of a conv whose low padding starts ``first`` strides later
-    padding = ((outer.padding[0][0] - first * outer.stride[0], 0), *outer.padding[1:])
-    shifted = replace(outer, padding=padding)
-    for tap in itertools.product(*(range(k) for k in outer.kernel)):
-        windows = _windows(lowering.gather_window, tap, size[:n_outer], out, shifted)
+    for tap, windows in _tap_windows(outer, size[:n_outer], out, first):
         if windows is not None:
             where = (*(dst for _, dst in windows), Ellipsis, *tap, *(slice(None),) * rank)
             buf[where] = src[tuple(s for s, _ in windows)]
