@@ -41,14 +41,14 @@ def _fn(transposed, kw, name, custom=True):
     return f
 
 
-@pytest.mark.parametrize("name", ["tapsum", "fold"])
+@pytest.mark.parametrize("name", ["tapsum", "fold", "spread"])
 @pytest.mark.parametrize(("case", "transposed", "kw", "size", "kernel"), CASES, ids=[c[0] for c in CASES])
 def test_custom_backward_passes_gradcheck(name, case, transposed, kw, size, kernel):
     inputs = _operands(transposed, kw, size, kernel)
     assert gradcheck(_fn(transposed, kw, name), inputs, fast_mode=True)
 
 
-@pytest.mark.parametrize("name", ["tapsum", "fold", "unfold", "fft"])
+@pytest.mark.parametrize("name", ["tapsum", "fold", "unfold", "fft", "band", "spread"])
 @pytest.mark.parametrize(("case", "transposed", "kw", "size", "kernel"), CASES, ids=[c[0] for c in CASES])
 def test_autograd_through_every_strategy_passes_gradcheck(name, case, transposed, kw, size, kernel):
     inputs = _operands(transposed, kw, size, kernel)

@@ -11,7 +11,7 @@ and computes, through the same planner:
   outer kernel tap, one native r-d weight-gradient kernel
   (``aten.convolution_backward``) over the folded slices that tap pairs up;
 - the bias gradient as a sum;
-- for a ``fold`` plan, both gradients at once instead: one native backward call per
+- for a ``fold`` or ``spread`` plan, both gradients at once instead: one native backward call per
   piece on the rebuilt folded input, then col2im
   (:func:`convnd.strategies.fold_backward`).
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -71,7 +72,7 @@ class LoweredConv(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[2]:
             grad_b = grad.sum(dim=(0, *range(2, grad.dim())))
-        if how.strategy == "fold" and not spec.transposed:
+        if how.strategy in FOLD_BACKWARD and not spec.transposed:
             grad_x, grad_w = fold_grads(grad, x, weight, spec, how, tuple(ctx.needs_input_grad[:2]))
             return grad_x, grad_w, grad_b, None, None
         if ctx.needs_input_grad[0]:
@@ -84,6 +85,11 @@ class LoweredConv(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+# forward plans whose gradients come from fold's backward: fold's own, and spread's (same dims, same
+# products; fold's measured 1.5-2.5x faster than the lowered adjoint or autograd through spread)
+FOLD_BACKWARD = ("fold", "spread")
+
+
 def fold_grads(
     grad: torch.Tensor,
     x: torch.Tensor,
@@ -92,10 +98,11 @@ def fold_grads(
     how: lowering.Plan,
     needs: tuple[bool, bool],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The input and weight gradients of a ``fold`` plan: :func:`convnd.strategies.fold_backward`, in the
-    plan's dim order and with the pieces its forward ran in."""
+    """The input and weight gradients of a ``fold`` (or ``spread``) plan: :func:`convnd.strategies.fold_backward`,
+    in the plan's dim order and in the pieces fold's forward runs in."""
     order = selection.axis_order(spec.dims, how.native_rank, how.native_axes)
     back = tuple(order.index(a) for a in range(spec.dims))
+    how = replace(how, strategy="fold")
     pieces = chunking.fold_pieces(x, weight, spec, how)
     grad_x, grad_w = strategies.fold_backward(
         *(lowering.move_axes(t, order) for t in (grad, x, weight)), spec.select(order), how.native_rank, pieces, needs

@@ -63,6 +63,9 @@ def run_within(
 
     if how.strategy == "fold" and not spec.transposed:  # fold splits its own folded batch, without halos
         return lowering.lowered(x, weight, bias, spec, how, fold_pieces(x, weight, spec, how))
+    if how.strategy == "spread":  # spread runs runs of input frames, each adding into the one output
+        spread = selection.spread_pieces(spec, how, tuple(x.shape), tuple(weight.shape), limit // x.element_size())
+        return lowering.lowered(x, weight, bias, spec, how, spread)
     if fits(tuple(x.shape)):
         return lowering.lowered(x, weight, bias, spec, how)
     y = x.new_zeros((x.shape[0], out_channels, *out_size))

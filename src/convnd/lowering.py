@@ -290,6 +290,7 @@ LOWERINGS = {
     "unfold": strategies.unfold,
     "fft": strategies.fft,
     "band": strategies.band,
+    "spread": strategies.spread,
 }
 
 

@@ -28,7 +28,7 @@ from .caching import trace_safe_cache
 from .errors import fail
 from .spec import ConvSpec
 
-STRATEGIES = ("tapsum", "fold", "unfold", "fft", "band")
+STRATEGIES = ("tapsum", "fold", "unfold", "fft", "band", "spread")
 _FORCED: list[dict[str, Any]] = []
 _MEASURED: dict[tuple[Any, ...], str] = {}
 
@@ -44,8 +44,8 @@ def strategy(
     """Force how convolutions past the native rank run inside a ``with`` block.
 
     Args:
-        name: ``tapsum``, ``fold``, ``unfold``, ``fft``, or ``measure`` (time each once and
-            cache the fastest); None keeps the cost model's choice.
+        name: ``tapsum``, ``fold``, ``unfold``, ``fft``, ``band``, ``spread``, or ``measure`` (time
+            each once and cache the fastest); None keeps the cost model's choice.
         native_axes: the spatial dims the native kernels run over (as many as the native rank).
         max_memory: a byte budget for temporary buffers; outputs are computed in pieces within it.
         custom_backward: True: gradients through :mod:`convnd.autograd`; False: autograd through the
@@ -129,16 +129,17 @@ def cheapest(
 def custom_backward_pays(spec: ConvSpec, rank: int, name: str = "tapsum") -> bool:
     """Whether :mod:`convnd.autograd` beats autograd through the lowering ``name``.
 
-    ``fold`` (forward): always; its backward is one native backward call per piece on the
-    rebuilt folded input (:func:`convnd.strategies.fold_backward`), where autograd
-    through it also copies the whole folded gradient once per tap.
+    ``fold`` and ``spread`` (forward): always; their backward is fold's, one native backward
+    call per piece on the rebuilt folded input (:func:`convnd.strategies.fold_backward`),
+    where autograd through fold also copies the whole folded gradient once per tap (and
+    through spread measured 2x slower on the bench's 4-d workload).
     Otherwise: for kernels wider than 3 in a lowered dim. Measured side by side (README,
     forward+backward): with 3-wide kernels autograd through the lowering was 1.1-2x
     faster than the lowered adjoint (its per-tap native backward computes both gradients
     in one call on slices it already holds); with the 7-wide kernel the adjoint was 2x
     faster. The custom backward always holds less memory (only input and weight).
     """
-    if name == "fold" and not spec.transposed:
+    if name in ("fold", "spread") and not spec.transposed:
         return True
     return max(spec.kernel[: spec.dims - rank], default=0) > 3
 
@@ -207,6 +208,8 @@ def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_sh
         "inner_taps": math.prod(spec.kernel[n_outer:]),
         "outer_out": math.prod(out[:n_outer]),
         "first_out": out[0],
+        # spread runs over these (after a padding mode's explicit padding, which it applies first)
+        "first_in": spatial[0] + (sum(spec.padding[0]) if spec.padding_mode != "zeros" else 0),
         "outer_in": math.prod(spatial[:n_outer]),
         "inner_in": math.prod(spatial[n_outer:]),
         "batch": batch,
@@ -235,6 +238,12 @@ def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_sh
         * math.prod(out[:n_outer])
         * math.prod(spatial[:n_outer])
         * math.prod(spec.kernel[n_outer:]),
+        # spread's native output: every outer tap's slab of every input frame (output-sized otherwise)
+        "slabs": batch
+        * out_channels
+        * math.prod(out[n_outer:])
+        * math.prod(spatial[:n_outer])
+        * math.prod(spec.kernel[:n_outer]),
         # what unfold and fft compute: a transposed convolution as the forward one over zero-spaced input
         "dense_macs": batch * out_channels * per_group_in * math.prod(spec.kernel) * math.prod(out),
     }
@@ -252,11 +261,10 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
     if name == "tapsum":
         # outer dims moved in front, the output and one tap's result, the native copies
         return g["in"] + 2 * g["out"] + native
+    if name == "spread" or (name == "fold" and g["spec"].transposed):
+        # the native call's output: per input frame, every outer tap's slab (they overlap only when stride < kernel)
+        return g["in"] + 2 * g["slabs"] + g["out"] + g["in"]
     if name == "fold":
-        if g["spec"].transposed:
-            # the native call's output: per input frame, every outer tap's slab (they overlap only when stride < kernel)
-            slabs = g["out"] // g["outer_out"] * g["outer_in"] * g["outer_taps"]
-            return g["in"] + 2 * slabs + g["out"] + g["in"]
         # the folded input and the native result: channels_last, oneDNN reads and writes both in place
         # (measured peaks of the bench's fold workloads: within 7% of this, the output not counted)
         folded = g["batch"] * g["channels"] * g["outer_taps"] * g["outer_out"] * g["inner_in"]
@@ -286,11 +294,14 @@ def cost(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], 
         calls = g["outer_taps"]
         rate = _rate(inner, g["per_group_out"], g["per_group_in"])
         return flops / rate + traffic * calls / 2 + calls * _CALL
-    if name == "fold":
-        if g["spec"].transposed:  # the outer taps are the native call's extra output channels
-            rate = _rate(inner, g["per_group_out"] * g["outer_taps"], g["per_group_in"])
-        else:  # the outer taps are the native call's extra input channels
-            rate = _rate(inner * g["outer_taps"], g["per_group_out"], g["per_group_in"] * g["outer_taps"])
+    if name == "spread" or (name == "fold" and g["spec"].transposed):
+        # the outer taps are the native call's extra output channels; a forward one computes every input
+        # frame's taps (a strided outer dim: more than the convolution needs), then adds each slab into place
+        rate = _rate(inner, g["per_group_out"] * g["outer_taps"], g["per_group_in"])
+        native = g["macs"] if g["spec"].transposed else g["slabs"] * g["per_group_in"] * g["inner_taps"]
+        return 2 * native / rate + traffic + _CALL
+    if name == "fold":  # the outer taps are the native call's extra input channels
+        rate = _rate(inner * g["outer_taps"], g["per_group_out"], g["per_group_in"] * g["outer_taps"])
         if g["per_group_in"] == 1 < g["spec"].groups:
             rate /= 8  # folding taps makes a depthwise weight merely grouped: oneDNN's depthwise kernel is lost
         return flops / rate + traffic + _CALL
@@ -334,6 +345,13 @@ def chunked_cost(
         # a piece of one frame and one sample runs as a batch of two (lowering.native_lowered): twice the work
         single = g["batch"] * g["outer_out"] // g["first_out"] * math.ceil(g["first_out"] / pieces) == 1
         return whole * (2 if single else 1) * (1 + _FOLD_PIECE * (pieces - 1))
+    if name == "spread":
+        pieces = spread_pieces(spec, how, x_shape, w_shape, limit)
+        if (workspace(name, spec, how, x_shape, w_shape) - g["out"]) / pieces + g["out"] > limit:
+            return math.inf  # even one input frame's slabs would not fit
+        # a piece of one frame and one sample runs as a batch of two (lowering.native_lowered): twice the work
+        single = g["batch"] * g["outer_in"] // g["first_in"] * math.ceil(g["first_in"] / pieces) == 1
+        return whole * (2 if single else 1) * (1 + _FOLD_PIECE * (pieces - 1))
     pieces = math.ceil(overshoot)
     if pieces > g["batch"] * max(2, g["first_out"] // 2):
         return math.inf  # even the smallest pieces chunking makes (two rows) would not fit
@@ -348,6 +366,19 @@ def fold_pieces(
     rows = _geometry(spec, how, tuple(x_shape), tuple(w_shape))["first_out"]
     # the fewest pieces whose largest (ceil(rows / pieces) rows) fits
     return next((p for p in range(1, rows) if math.ceil(rows / p) * overshoot <= rows), rows)
+
+
+def spread_pieces(
+    spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int], limit: float
+) -> int:
+    """How many runs of input frames (first outer dim) ``spread`` computes, so that one run's slabs and
+    copies plus the output fit ``limit`` elements; one frame per run at most."""
+    g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
+    scaling = workspace("spread", spec, how, x_shape, w_shape) - g["out"]  # the output is whole, the rest shrinks
+    room = limit - g["out"]
+    if room <= 0:
+        return g["first_in"]
+    return max(1, min(g["first_in"], math.ceil(scaling / room)))
 
 
 def tiles(spec: ConvSpec) -> bool:

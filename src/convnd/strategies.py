@@ -11,6 +11,11 @@ the dims it keeps native to the back):
   the planner's chunking bounds it. The transposed form runs one native transposed
   convolution with the outer taps folded into its output channels, then adds each
   tap's slab into place (col2im over the outer dims).
+- ``spread``: taps of the outer dims folded into the *output* channels: one native r-d
+  call over every input frame, then each tap's slab added where it lands (col2im over the
+  outer dims; the transposed ``fold`` is this). Widens a native call that has few output
+  channels; costs ``prod(outer kernel)`` output-sized slabs, computed in runs of input frames.
+- ``band``: the outer dims become channels, one native call with a banded weight.
 - ``unfold``: the whole convolution as one contraction of a strided window view with
   the weight (im2col + batched GEMM over all N dims); for depthwise and grouped
   weights it is a batched GEMM per group, with no native convolution at all.
@@ -50,8 +55,8 @@ def fold(
     its own folded input and runs its own native call, so the buffer shrinks by ``pieces``
     while each call stays ``1 / pieces`` of the whole (no halo is re-read, no padding re-derived).
     """
-    if spec.transposed:
-        return _fold_transposed(x, weight, bias, spec, rank)
+    if spec.transposed:  # taps as the native transposed call's output channels
+        return spread(x, weight, bias, spec, rank)
     if spec.padding_mode != "zeros":
         x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()
     n_outer = spec.dims - rank
@@ -171,37 +176,81 @@ def _folded(src: torch.Tensor, outer: ConvSpec, out: tuple[int, ...], first: int
     return buf
 
 
-def _fold_transposed(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, rank: int
+def spread(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, rank: int, pieces: int = 1
 ) -> torch.Tensor:
-    """Transposed fold: one native transposed call with outer taps in its output channels, then col2im."""
+    """Outer kernel taps folded into the output channels: every input frame's contribution to each outer tap
+    from one native r-d call, then each tap's slab added where it lands (col2im over the outer dims).
+
+    ``fold`` widens the native call's reduction (taps as input channels); ``spread`` widens its
+    output (taps as output channels), which is what oneDNN lacks when a convolution has few
+    output channels: a 4-channel 7^4 kernel ran 3x faster as one call with 28 output channels
+    than as 7 calls with 4. It computes every input frame's taps (``stride`` times the needed
+    products along a strided outer dim) and holds ``prod(outer kernel)`` output-sized slabs,
+    so ``pieces`` > 1 runs runs of input frames of the first outer dim, one native call each,
+    every piece adding into the one output. A transposed convolution's native call is the
+    transposed one (its taps land at ``input * stride + tap``), the forward one's gathers
+    (output ``o`` takes tap ``t`` of input ``o * stride + t``).
+    """
+    if spec.padding_mode != "zeros":
+        x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()
     n_outer = spec.dims - rank
     outer, inner = spec.select(range(n_outer)), spec.select(range(n_outer, spec.dims))
-    batch, channels = x.shape[:2]
-    groups, per_group_out = spec.groups, weight.shape[1]
+    batch, channels, groups = x.shape[0], x.shape[1], spec.groups
+    per_group_out = weight.shape[1] if spec.transposed else weight.shape[0] // groups
     out_channels = per_group_out * groups
-    taps = math.prod(outer.kernel)
-    in_outer = x.shape[2 : 2 + n_outer]
-    # (C_in, C_out/G, *k_outer, *k_inner) -> (C_in, C_out/G * taps, *k_inner): taps become output channels
-    w = weight.reshape((channels, per_group_out * taps, *weight.shape[2 + n_outer :]))
-    xs = x.permute(_outer_first(n_outer, 2, rank)).reshape(
-        (math.prod(in_outer) * batch, channels, *x.shape[2 + n_outer :])
-    )
-    slabs = lowering.native(xs, w, None, inner)
-    slabs = slabs.reshape((*in_outer, batch, groups, per_group_out, *outer.kernel, *slabs.shape[2:]))
+    in_outer = tuple(x.shape[2 : 2 + n_outer])
     out_outer = outer.output_size(in_outer)
-    y = x.new_zeros((*out_outer, batch, groups, per_group_out, *slabs.shape[-rank:]))
-    for tap in itertools.product(*(range(k) for k in outer.kernel)):
-        windows = _windows(lowering.scatter_window, tap, in_outer, out_outer, outer)
-        if windows is not None:
-            y[tuple(dst for _, dst in windows)].add_(
-                slabs[(*(s for s, _ in windows), Ellipsis, *tap, *(slice(None),) * rank)]
-            )
+    w = _taps_as_outputs(weight, spec, n_outer)
+    src = x.permute(_outer_first(n_outer, 2, rank))
+    y = None
+    for first, rows in _row_runs(in_outer[0], pieces):
+        frames = rows * math.prod(in_outer[1:])
+        xs = src[first : first + rows].reshape((frames * batch, channels, *x.shape[2 + n_outer :]))
+        slabs = lowering.native_lowered(xs, w, None, inner)
+        slabs = slabs.reshape((rows, *in_outer[1:], batch, groups, per_group_out, *outer.kernel, *slabs.shape[2:]))
+        if y is None:
+            y = x.new_zeros((*out_outer, batch, groups, per_group_out, *slabs.shape[-rank:]))
+        for tap, windows in _slab_windows(outer, in_outer, out_outer, first, rows):
+            slab = slabs[(*(s for s, _ in windows), Ellipsis, *tap, *(slice(None),) * rank)]
+            y[tuple(dst for _, dst in windows)].add_(slab)
+        del xs, slabs  # before the next piece's: one piece's at a time
     y = y.reshape((*out_outer, batch, out_channels, *y.shape[-rank:])).permute(_batch_first(n_outer, rank))
     y = y.contiguous()
     if bias is not None:
         y = y + bias.reshape((out_channels,) + (1,) * spec.dims)
     return y
+
+
+def _taps_as_outputs(weight: torch.Tensor, spec: ConvSpec, n_outer: int) -> torch.Tensor:
+    """The native call's weight, outer taps after each group's output channels.
+
+    forward: (C_out, C/G, *outer_k, *inner_k) -> (C_out * taps, C/G, *inner_k), grouped by group;
+    transposed: (C_in, C_out/G, *outer_k, *inner_k) -> (C_in, C_out/G * taps, *inner_k) (a view).
+    """
+    inner_k = weight.shape[2 + n_outer :]
+    taps = math.prod(spec.kernel[:n_outer])
+    if spec.transposed:
+        return weight.reshape((weight.shape[0], weight.shape[1] * taps, *inner_k))
+    rows, cols = weight.shape[:2]
+    w = weight.reshape((rows, cols, taps, *inner_k)).transpose(1, 2)  # (C_out, taps, C/G, ..): C_out is group-major
+    return w.reshape((rows * taps, cols, *inner_k))
+
+
+def _slab_windows(outer: ConvSpec, size: tuple[int, ...], out: tuple[int, ...], first: int, rows: int):
+    """Each outer tap with the (slab, output) slices of input frames ``first .. first + rows`` (first outer dim);
+    taps that land nowhere (on padding only) are left out."""
+    # both give (input slice, output slice): transposed, input i lands on o = i * s + t * d - low; forward,
+    # output o reads i = o * s + t * d - low. Frames first.. of the input are an input of their own whose
+    # low padding is shifted: low - first * s (transposed), low + first (forward)
+    step = lowering.scatter_window if outer.transposed else lowering.gather_window
+    shift = -first * outer.stride[0] if outer.transposed else first
+    padding = ((outer.padding[0][0] + shift, 0), *outer.padding[1:])
+    shifted = replace(outer, padding=padding)
+    for tap in itertools.product(*(range(k) for k in outer.kernel)):
+        windows = _windows(step, tap, (rows, *size[1:]), out, shifted)
+        if windows is not None:
+            yield tap, windows
 
 
 def _windows(step, tap, size, out, outer: ConvSpec):
