@@ -121,3 +121,12 @@ def test_no_geometric_mean_line_when_only_native_ranks_ran():
     bench.run_benchmarks([tiny], modes=[False], rounds=1, strategies=False, gemm=64, out=out)
     assert f"{tiny.name}: 3-d" in out.getvalue()
     assert "geometric-mean" not in out.getvalue()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS through /proc/self (Linux)")
+@pytest.mark.parametrize("w", [w for w in bench.WORKLOADS if w.dims > 3], ids=lambda w: w.name)
+def test_peak_extra_memory_of_a_forward_stays_within_the_target(w):
+    # the memory target: at most 1.5x (input + output) bytes beyond input, weight and output, in a fresh
+    # process (deterministic: every buffer its own mapping); the default budget of 1.25x leaves the margin
+    measured = bench.peak_extra_memory(w)
+    assert measured["extra_bytes"] <= 1.5 * measured["input_plus_output_bytes"], measured

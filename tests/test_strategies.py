@@ -295,3 +295,24 @@ def test_workspace_estimates_grow_with_the_problem():
         small = selection.workspace(name, spec, how, (1, 4, 8, 8, 8, 8), (4, 4, 3, 3, 3, 3))
         large = selection.workspace(name, spec, how, (2, 4, 8, 8, 8, 8), (4, 4, 3, 3, 3, 3))
         assert 0 < small < large <= 2 * small + math.prod((8, 8, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel", "groups"),
+    [
+        ((1, 4, 12, 16, 16), (3, 3, 3), 1),  # one small image: torch's im2col kernel
+        ((1, 4, 12, 16, 16), (7, 7, 7), 1),  # a kernel wider than 3 in its last two dims: oneDNN anyway
+        ((1, 4, 12, 16, 16), (3, 7, 3), 1),
+        ((2, 4, 12, 16, 16), (3, 3, 3), 1),  # a batch: oneDNN
+        ((1, 4, 12, 16, 16), (3, 3, 3), 2),  # groups: oneDNN
+        ((1, 16, 40, 40, 40), (3, 3, 3), 1),  # a large image: oneDNN
+    ],
+)
+def test_doubled_calls_are_the_ones_torch_sends_to_its_slow_kernel(shape, kernel, groups):
+    from torch.profiler import profile
+
+    x, w = torch.randn(shape), torch.randn((4, shape[1] // groups, *kernel))
+    with profile() as prof:
+        torch.nn.functional.conv3d(x, w, groups=groups)
+    slow = any(event.key == "aten::slow_conv3d_forward" for event in prof.key_averages())
+    assert lowering.doubled(shape, make_spec(kernel, groups=groups)) == slow

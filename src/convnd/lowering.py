@@ -181,13 +181,14 @@ def native_lowered(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 def _slow_single(x: torch.Tensor, spec: ConvSpec) -> bool:
     """Whether torch would send this call to its slow im2col kernel (see :func:`native_lowered`)."""
-    return (
-        x.shape[0] == 1
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and spec.groups == 1
-        and math.prod(x.shape[:4]) <= 20480
-    )
+    return x.device.type == "cpu" and x.dtype == torch.float32 and doubled(tuple(x.shape), spec)
+
+
+def doubled(shape: Sequence[int], spec: ConvSpec) -> bool:
+    """Whether :func:`native_lowered` runs a float32 CPU input of ``shape`` as a batch of two: one small image,
+    no groups, and a kernel torch does not send to oneDNN anyway (wider than 3 in its last two dims)."""
+    large_kernel = spec.dims >= 2 and spec.kernel[-1] > 3 and spec.kernel[-2] > 3
+    return shape[0] == 1 and spec.groups == 1 and math.prod(shape[:4]) <= 20480 and not large_kernel
 
 
 def native_backward(

@@ -210,6 +210,9 @@ def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_sh
         "first_out": out[0],
         # spread runs over these (after a padding mode's explicit padding, which it applies first)
         "first_in": spatial[0] + (sum(spec.padding[0]) if spec.padding_mode != "zeros" else 0),
+        "outer_rest": math.prod(spatial[1:n_outer]),  # frames of the other outer dims
+        "inner_shape": spatial[n_outer:],
+        "weight": math.prod(w_shape),
         "outer_in": math.prod(spatial[:n_outer]),
         "inner_in": math.prod(spatial[n_outer:]),
         "batch": batch,
@@ -262,8 +265,10 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
         # outer dims moved in front, the output and one tap's result, the native copies
         return g["in"] + 2 * g["out"] + native
     if name == "spread" or (name == "fold" and g["spec"].transposed):
-        # the native call's output: per input frame, every outer tap's slab (they overlap only when stride < kernel)
-        return g["in"] + 2 * g["slabs"] + g["out"] + g["in"]
+        # per run of input frames, its input and the native call's slabs three times (oneDNN's blocked copies);
+        # the weight with its taps moved, twice. Measured peaks of runs of 1-6 frames on the 4d and large-kernel
+        # workloads: within 0-14% below this (the output accumulates in place: not counted)
+        return g["in"] + 3 * g["slabs"] + 2 * g["weight"]
     if name == "fold":
         # the folded input and the native result: channels_last, oneDNN reads and writes both in place
         # (measured peaks of the bench's fold workloads: within 7% of this, the output not counted)
@@ -343,15 +348,19 @@ def chunked_cost(
             return math.inf  # even one output row's folded input would not fit
         pieces = fold_pieces(spec, how, x_shape, w_shape, overshoot)
         # a piece of one frame and one sample runs as a batch of two (lowering.native_lowered): twice the work
-        single = g["batch"] * g["outer_out"] // g["first_out"] * math.ceil(g["first_out"] / pieces) == 1
-        return whole * (2 if single else 1) * (1 + _FOLD_PIECE * (pieces - 1))
+        rows = g["batch"] * g["outer_out"] // g["first_out"] * math.ceil(g["first_out"] / pieces)
+        return (
+            whole
+            * (2 if _doubled(g, rows, g["per_group_in"] * g["outer_taps"]) else 1)
+            * (1 + _FOLD_PIECE * (pieces - 1))
+        )
     if name == "spread":
         pieces = spread_pieces(spec, how, x_shape, w_shape, limit)
-        if (workspace(name, spec, how, x_shape, w_shape) - g["out"]) / pieces + g["out"] > limit:
+        if workspace(name, spec, how, x_shape, w_shape) / g["first_in"] + 2 * g["weight"] > limit:
             return math.inf  # even one input frame's slabs would not fit
         # a piece of one frame and one sample runs as a batch of two (lowering.native_lowered): twice the work
-        single = g["batch"] * g["outer_in"] // g["first_in"] * math.ceil(g["first_in"] / pieces) == 1
-        return whole * (2 if single else 1) * (1 + _FOLD_PIECE * (pieces - 1))
+        frames = g["batch"] * g["outer_rest"] * math.ceil(g["first_in"] / pieces)
+        return whole * (2 if _doubled(g, frames, g["channels"]) else 1) * (1 + _FOLD_PIECE * (pieces - 1))
     pieces = math.ceil(overshoot)
     if pieces > g["batch"] * max(2, g["first_out"] // 2):
         return math.inf  # even the smallest pieces chunking makes (two rows) would not fit
@@ -368,17 +377,29 @@ def fold_pieces(
     return next((p for p in range(1, rows) if math.ceil(rows / p) * overshoot <= rows), rows)
 
 
+def _doubled(g: dict[str, Any], batch: int, channels: int) -> bool:
+    """Whether an inner native call of this batch and channel count runs as a batch of two
+    (:func:`convnd.lowering.doubled`)."""
+    inner = g["spec"].select(range(g["n_outer"], g["spec"].dims))
+    return lowering.doubled((batch, channels, *g["inner_shape"]), inner)
+
+
 def spread_pieces(
     spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int], limit: float
 ) -> int:
     """How many runs of input frames (first outer dim) ``spread`` computes, so that one run's slabs and
     copies plus the output fit ``limit`` elements; one frame per run at most."""
     g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
-    scaling = workspace("spread", spec, how, x_shape, w_shape) - g["out"]  # the output is whole, the rest shrinks
-    room = limit - g["out"]
-    if room <= 0:
-        return g["first_in"]
-    return max(1, min(g["first_in"], math.ceil(scaling / room)))
+    frames = g["first_in"]
+    fixed = 2 * g["weight"]  # the rest shrinks with the run
+    per_frame = (workspace("spread", spec, how, x_shape, w_shape) - fixed) / frames
+    if per_frame <= 0:
+        return 1  # an empty batch
+    fit = int((limit - fixed) // per_frame) if limit > fixed else 0
+    if _doubled(g, g["batch"] * g["outer_rest"], g["channels"]):
+        fit = max(fit, 2)  # a run of one frame of one sample would run as a batch of two: take two frames instead
+    # runs of ceil(frames / pieces) <= fit frames each
+    return math.ceil(frames / min(max(fit, 1), frames))
 
 
 def tiles(spec: ConvSpec) -> bool:
