@@ -58,7 +58,14 @@ def test_backward_rates_count_three_convolutions():
 
 def test_geometric_mean_skips_convnd_columns():
     means = bench.geometric_mean_speedup([_result(), _result()])
-    assert means == pytest.approx({"torchnd": 2.0, "frame loop": 4.0})
+    assert means == pytest.approx({"torchnd": 2.0, "frame loop": 4.0, "fastest peer": 2.0})
+
+
+def test_geometric_mean_over_the_fastest_peer_takes_each_workloads_own():
+    other = _result()
+    other.seconds = {"convnd": 0.002, "torchnd": 0.008, "frame loop": 0.001}
+    means = bench.geometric_mean_speedup([_result(), other])
+    assert means["fastest peer"] == pytest.approx((2.0 * 0.5) ** 0.5)  # torchnd's 2x, then the loop's 0.5x
 
 
 def test_plot_writes_a_png(tmp_path):
