@@ -72,6 +72,10 @@ def _worker(rank: int, port: int, out: str) -> None:
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+    # skip the interpreter's teardown: after a gloo FSDP2 run it sometimes aborts there ("terminate called without an
+    # active exception", a C++ thread still joinable at exit; seen in 1-3 of 6 runs, before convnd's latest changes
+    # too), after the results are saved; a failure above still raises and reaches spawn's error file
+    os._exit(0)
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -316,3 +316,13 @@ def test_doubled_calls_are_the_ones_torch_sends_to_its_slow_kernel(shape, kernel
         torch.nn.functional.conv3d(x, w, groups=groups)
     slow = any(event.key == "aten::slow_conv3d_forward" for event in prof.key_averages())
     assert lowering.doubled(shape, make_spec(kernel, groups=groups)) == slow
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize("transposed", [False, True])
+def test_every_strategy_returns_a_contiguous_output(name, transposed):
+    # as torch's own convolutions do: y.view(...) must work whatever strategy ran
+    kw = {"transposed": True, "stride": 2} if transposed else {"padding": 1}
+    x, w, b = _operands(4, kw, torch.float32)
+    with convnd.strategy(name):
+        assert _run(x, w, b, kw).is_contiguous()

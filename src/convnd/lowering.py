@@ -114,7 +114,8 @@ def execute(
     if how.strategy == "lift":
         y = _lift(x, weight, bias, spec, how.native_rank)
     else:
-        y = autograd.run(x, weight, bias, spec, how)
+        # contiguous like torch's own output (unfold's einsum can leave its result permuted: y.view would fail)
+        y = autograd.run(x, weight, bias, spec, how).contiguous()
     return y if batched else y.squeeze(0)
 
 
