@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import fail
+from .errors import ConvndError, fail
 from .explanation import layer_and_input
 from .spec import ConvSpec
 
@@ -170,6 +170,15 @@ def require_viz() -> tuple[Any, Any]:
             kind="type",
         )
     return plt, Image
+
+
+def viz_available() -> bool:
+    """Whether the ``viz`` extra (matplotlib and pillow) is installed, so :func:`animate` can draw."""
+    try:
+        require_viz()
+    except ConvndError:
+        return False
+    return True
 
 
 def render_frames(layer: Any, input_shape: Any, *, max_frames: int = MAX_FRAMES) -> list[Any]:
