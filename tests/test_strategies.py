@@ -326,3 +326,24 @@ def test_every_strategy_returns_a_contiguous_output(name, transposed):
     x, w, b = _operands(4, kw, torch.float32)
     with convnd.strategy(name):
         assert _run(x, w, b, kw).is_contiguous()
+
+
+HALF = {torch.float16: 2e-3, torch.bfloat16: 1.5e-2}  # relative to the output's scale
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize("transposed", [False, True])
+def test_every_strategy_runs_in_half_precision(name, transposed, dtype):
+    # in and out in the low dtype, gradients too, close to the float64 oracle (fft transforms in float32:
+    # torch.fft has no half kernels on CPU)
+    kw = {"transposed": True, "stride": 2, "groups": 2} if transposed else {"padding": 1, "groups": 2}
+    x, w, b = _operands(4, kw)
+    expected = _oracle(x, w, b, kw)
+    low = [t.to(dtype).requires_grad_() for t in (x, w, b)]
+    with convnd.strategy(name):
+        y = _run(*low, kw)
+    y.float().square().sum().backward()
+    assert y.dtype == dtype and all(t.grad.dtype == dtype for t in low)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(y.double().detach().numpy(), expected, rtol=0, atol=HALF[dtype] * scale)

@@ -463,6 +463,9 @@ def fft(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: 
     of a small kernel skip most of its zero fill (see :func:`_transform`).
     """
     del rank
+    if x.dtype in _NO_FFT:  # torch.fft has no half/bfloat16 kernels on CPU (and few on CUDA): transform in float32
+        b = None if bias is None else bias.float()
+        return fft(x.float(), weight.float(), b, spec, 0).to(x.dtype)
     if spec.transposed:
         x, weight, spec = as_forward(x, weight, spec)
     if spec.padding_mode != "zeros":
@@ -492,6 +495,9 @@ def fft(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: 
     if bias is not None:
         y = y + bias.reshape((-1,) + (1,) * n)
     return y
+
+
+_NO_FFT = (torch.float16, torch.bfloat16)
 
 
 def fft_sizes(spec: ConvSpec, size: Sequence[int]) -> tuple[int, ...]:
