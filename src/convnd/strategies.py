@@ -125,7 +125,7 @@ def fold_backward(
         if grad_src is not None:
             g_folded = g_folded.unflatten(1, folded.shape[n_outer + 1 : -rank])
             g_folded = g_folded.unflatten(0, folded.shape[: n_outer + 1])  # as ``folded``: (*out, B, G, C/G, *taps, ..)
-            for tap, windows in _tap_windows(outer, size, out, first):
+            for tap, windows in _tap_windows(lowering.gather_window, outer, size, out, -first * outer.stride[0]):
                 if windows is None:
                     continue  # this tap reads only padding in this piece
                 grad_src[tuple(s for s, _ in windows)] += g_folded[
@@ -150,14 +150,13 @@ def _channels_last(t: torch.Tensor, channel_axis: int) -> torch.Tensor:
     return t.movedim(channel_axis, -1).contiguous().movedim(-1, channel_axis)
 
 
-def _tap_windows(outer: ConvSpec, size: tuple[int, ...], out: tuple[int, ...], first: int):
-    """Each outer tap with its per-dim (source, destination) slices for output rows ``first ..``;
-    None as windows when the tap reads only padding there."""
-    # rows first.. of the whole output are the output of a conv whose low padding starts ``first`` strides later
-    padding = ((outer.padding[0][0] - first * outer.stride[0], 0), *outer.padding[1:])
-    shifted = replace(outer, padding=padding)
+def _tap_windows(step, outer: ConvSpec, size: tuple[int, ...], out: tuple[int, ...], low_shift: int):
+    """Each outer tap with its per-dim (input, output) slices from ``step`` (``lowering.gather_window`` or
+    ``scatter_window``), None where the tap touches only padding, for a piece of ``size`` input and ``out``
+    output positions whose first dim's low padding is ``low_shift`` more than the whole convolution's."""
+    shifted = replace(outer, padding=((outer.padding[0][0] + low_shift, 0), *outer.padding[1:]))
     for tap in itertools.product(*(range(k) for k in outer.kernel)):
-        yield tap, _windows(lowering.gather_window, tap, size, out, shifted)
+        yield tap, _windows(step, tap, size, out, shifted)
 
 
 def _folded(src: torch.Tensor, outer: ConvSpec, out: tuple[int, ...], first: int, size) -> torch.Tensor:
@@ -169,7 +168,8 @@ def _folded(src: torch.Tensor, outer: ConvSpec, out: tuple[int, ...], first: int
     # reads in place (no reorder into its blocked layout): measured 1.1-1.4x faster on the bench's fold workloads
     order = (*range(n_outer + 1), *range(len(shape) - rank, len(shape)), *range(n_outer + 1, len(shape) - rank))
     buf = src.new_zeros(tuple(shape[a] for a in order)).permute(tuple(order.index(a) for a in range(len(shape))))
-    for tap, windows in _tap_windows(outer, size[:n_outer], out, first):
+    # output rows first.. are the output of a conv whose low padding starts ``first`` strides later
+    for tap, windows in _tap_windows(lowering.gather_window, outer, size[:n_outer], out, -first * outer.stride[0]):
         if windows is not None:
             where = (*(dst for _, dst in windows), Ellipsis, *tap, *(slice(None),) * rank)
             buf[where] = src[tuple(s for s, _ in windows)]
@@ -208,14 +208,20 @@ def spread(
     # here (their adds transpose), for less memory only where oneDNN pads few channels to its block
     y = x.new_zeros((batch, out_channels, *out_outer, *inner.output_size(x.shape[2 + n_outer :])))
     y_outer = y.view((batch, groups, per_group_out, *y.shape[2:])).permute(_outer_first(n_outer, 3, rank))
+    # both windows are (input slice, output slice): transposed, input i lands on o = i * s + t * d - low; forward,
+    # output o reads i = o * s + t * d - low. Input frames first.. are an input of their own whose low padding
+    # is low - first * s (transposed) or low + first (forward)
+    step = lowering.scatter_window if spec.transposed else lowering.gather_window
+    shift = -outer.stride[0] if spec.transposed else 1
     for first, rows in _row_runs(in_outer[0], pieces):
         frames = rows * math.prod(in_outer[1:])
         xs = src[first : first + rows].reshape((frames * batch, channels, *x.shape[2 + n_outer :]))
         slabs = lowering.native_lowered(xs, w, None, inner)
         slabs = slabs.reshape((rows, *in_outer[1:], batch, groups, per_group_out, *outer.kernel, *y.shape[-rank:]))
-        for tap, windows in _slab_windows(outer, in_outer, out_outer, first, rows):
-            slab = slabs[(*(s for s, _ in windows), Ellipsis, *tap, *(slice(None),) * rank)]
-            y_outer[tuple(dst for _, dst in windows)].add_(slab)
+        for tap, windows in _tap_windows(step, outer, (rows, *in_outer[1:]), out_outer, shift * first):
+            if windows is not None:
+                slab = slabs[(*(s for s, _ in windows), Ellipsis, *tap, *(slice(None),) * rank)]
+                y_outer[tuple(dst for _, dst in windows)].add_(slab)
         del xs, slabs  # before the next piece's: one piece's at a time
     if bias is not None:
         y = y + bias.reshape((out_channels,) + (1,) * spec.dims)
@@ -235,22 +241,6 @@ def _taps_as_outputs(weight: torch.Tensor, spec: ConvSpec, n_outer: int) -> torc
     rows, cols = weight.shape[:2]
     w = weight.reshape((rows, cols, taps, *inner_k)).transpose(1, 2)  # (C_out, taps, C/G, ..): C_out is group-major
     return w.reshape((rows * taps, cols, *inner_k))
-
-
-def _slab_windows(outer: ConvSpec, size: tuple[int, ...], out: tuple[int, ...], first: int, rows: int):
-    """Each outer tap with the (slab, output) slices of input frames ``first .. first + rows`` (first outer dim);
-    taps that land nowhere (on padding only) are left out."""
-    # both give (input slice, output slice): transposed, input i lands on o = i * s + t * d - low; forward,
-    # output o reads i = o * s + t * d - low. Frames first.. of the input are an input of their own whose
-    # low padding is shifted: low - first * s (transposed), low + first (forward)
-    step = lowering.scatter_window if outer.transposed else lowering.gather_window
-    shift = -first * outer.stride[0] if outer.transposed else first
-    padding = ((outer.padding[0][0] + shift, 0), *outer.padding[1:])
-    shifted = replace(outer, padding=padding)
-    for tap in itertools.product(*(range(k) for k in outer.kernel)):
-        windows = _windows(step, tap, (rows, *size[1:]), out, shifted)
-        if windows is not None:
-            yield tap, windows
 
 
 def _windows(step, tap, size, out, outer: ConvSpec):
