@@ -113,14 +113,21 @@ def test_the_function_runs_when_a_gradient_is_needed_and_the_rule_or_the_user_as
     assert applied == [1, 1]
 
 
-def test_fold_takes_its_own_backward_by_default():
-    x, w, _ = _operands(False, {}, (5, 3, 3, 3), (3, 2, 2, 2))
-    with convnd.strategy("fold"):
-        plan = convnd.lowering.plan(convnd.spec.make_spec((3, 2, 2, 2)), input_shape=x.shape, weight_shape=w.shape)
-    assert plan.custom_backward
-    with convnd.strategy("fold", custom_backward=False):
-        plan = convnd.lowering.plan(convnd.spec.make_spec((3, 2, 2, 2)), input_shape=x.shape, weight_shape=w.shape)
-    assert not plan.custom_backward
+@pytest.mark.parametrize("name", ["fold", "spread"])
+def test_fold_and_spread_take_folds_backward_from_a_size_on(name):
+    spec = convnd.spec.make_spec((3, 3, 3, 3), padding=1)
+
+    def plan(x_shape, **forced):
+        with convnd.strategy(name, **forced):
+            return convnd.lowering.plan(spec, input_shape=x_shape, weight_shape=(16, 8, 3, 3, 3, 3))
+
+    big, small = (2, 8, 8, 10, 16, 16), (1, 8, 2, 3, 4, 4)  # 212M and 0.4M multiply-adds
+    threshold = convnd.selection.FOLD_BACKWARD_MIN_MACS[name]
+    assert 16 * 8 * 81 * 2 * 8 * 10 * 16 * 16 >= threshold > 16 * 8 * 81 * 2 * 3 * 4 * 4
+    assert plan(big).custom_backward
+    assert not plan(small).custom_backward  # its fixed cost loses to autograd through the lowering
+    assert not plan(big, custom_backward=False).custom_backward
+    assert plan(small, custom_backward=True).custom_backward
 
 
 def test_fold_backward_of_single_small_images_matches_autograd(monkeypatch):

@@ -106,10 +106,13 @@ def choose(
     x_shape = _batched(input_shape, spec)
     if axes is None:
         axes = largest_axes(x_shape[2:], rank)
+    base = lowering.Plan(rank, "tapsum", axes, budget)
     if name is None:
         candidates = STRATEGIES if channels_first else tuple(s for s in STRATEGIES if s != "band")
-        name = cheapest(spec, lowering.Plan(rank, "tapsum", axes, budget), x_shape, tuple(weight_shape), candidates)
-    custom = custom_backward_pays(spec, rank, name) if custom is None else custom
+        name = cheapest(spec, base, x_shape, tuple(weight_shape), candidates)
+    if custom is None:
+        macs = _geometry(spec, base, x_shape, tuple(weight_shape))["macs"]
+        custom = custom_backward_pays(spec, rank, name, macs)
     return lowering.Plan(rank, name, axes, budget, custom)
 
 
@@ -126,22 +129,29 @@ def cheapest(
     return candidates[costs.index(min(costs))]  # not min(key=...): torch.compile cannot trace that
 
 
-def custom_backward_pays(spec: ConvSpec, rank: int, name: str = "tapsum") -> bool:
-    """Whether :mod:`convnd.autograd` beats autograd through the lowering ``name``.
+def custom_backward_pays(spec: ConvSpec, rank: int, name: str = "tapsum", macs: int | None = None) -> bool:
+    """Whether :mod:`convnd.autograd` beats autograd through the lowering ``name`` (``macs``: the
+    convolution's multiply-adds, when the shapes are known).
 
-    ``fold`` and ``spread`` (forward): always; their backward is fold's, one native backward
-    call per piece on the rebuilt folded input (:func:`convnd.strategies.fold_backward`),
-    where autograd through fold also copies the whole folded gradient once per tap (and
-    through spread measured 2x slower on the bench's 4-d workload).
+    ``fold`` and ``spread`` (forward): from :data:`FOLD_BACKWARD_MIN_MACS` multiply-adds on (or
+    whatever the size, without shapes). Their backward is fold's, one native backward call per
+    piece on the rebuilt folded input (:func:`convnd.strategies.fold_backward`), where autograd
+    through fold also copies the whole folded gradient once per tap and through spread runs a
+    plain-layout backward: 1.3-1.9x faster from 70M multiply-adds up; below, its fixed cost
+    (about 0.2 ms here) loses to autograd through fold under about 20M and through spread
+    under about 2M (forward+backward, side by side).
     Otherwise: for kernels wider than 3 in a lowered dim. Measured side by side (README,
     forward+backward): with 3-wide kernels autograd through the lowering was 1.1-2x
     faster than the lowered adjoint (its per-tap native backward computes both gradients
     in one call on slices it already holds); with the 7-wide kernel the adjoint was 2x
     faster. The custom backward always holds less memory (only input and weight).
     """
-    if name in ("fold", "spread") and not spec.transposed:
-        return True
+    if name in FOLD_BACKWARD_MIN_MACS and not spec.transposed:
+        return macs is None or macs >= FOLD_BACKWARD_MIN_MACS[name]
     return max(spec.kernel[: spec.dims - rank], default=0) > 3
+
+
+FOLD_BACKWARD_MIN_MACS = {"fold": 20_000_000, "spread": 2_000_000}
 
 
 def symbolic(shape: Sequence[Any]) -> bool:
