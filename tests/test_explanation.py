@@ -133,11 +133,39 @@ def test_tapsum_recipe_counts_the_native_calls_lowering_makes(monkeypatch):
     for rank, conv in list(lowering._CONV.items()):
         monkeypatch.setitem(lowering._CONV, rank, lambda *a, _c=conv, _r=rank, **k: calls.append(_r) or _c(*a, **k))
     x = torch.randn(shape)
-    for recipe in (e.convnd_plan, *e.other_ranks):
+    for recipe in e.other_ranks:
         calls.clear()
         convnd.functional.run(x, module.weight, module.bias, module.spec, native_rank=recipe.rank)
         assert calls == [recipe.rank] * recipe.native_calls
-    assert e.convnd_plan.native_calls == 1
+    with convnd.strategy("tapsum"):
+        e = convnd.explain(spec, shape)
+        calls.clear()
+        convnd.functional.run(x, module.weight, module.bias, module.spec)
+    assert (e.convnd_plan.strategy, e.convnd_plan.native_calls) == ("tapsum", 1) and calls == [3]
+    assert any("t=(1,): in_t [0:1] -> out_t [0:1]" in step for step in e.convnd_plan.steps)  # spelled out
+
+
+@pytest.mark.parametrize("name", [None, *convnd.selection.STRATEGIES])
+@pytest.mark.parametrize(
+    ("spec", "shape"),
+    [
+        ("ConvNd(4, 3, 3, padding=1, dims=4)", (2, 4, 5, 4, 6, 5)),
+        ("ConvTransposeNd(4, 2, (2, 3, 2, 2), stride=2, groups=2)", (1, 4, 3, 4, 3, 3)),
+        ("ConvNd(2, 4, 3, padding=1, dims=5)", (2, 3, 3, 4, 3, 4)),
+        ("ConvNd(4, 4, (3, 3, 3, 3), padding=1, channel_dim=-1)", (1, 6, 5, 5, 4, 4)),  # channels-last: no band
+    ],
+)
+def test_convnd_runs_it_names_the_plan_that_runs_and_counts_its_native_calls(spec, shape, name):
+    module = parse_layer(spec).build(device="cpu")
+    x = torch.randn(shape)
+    with convnd.strategy(name):
+        e = convnd.explain(spec, shape)
+        with torch.no_grad(), lowering.NativeCalls() as calls:
+            module(x)
+    assert e.convnd_plan.native_calls == len(calls.names)
+    if name is not None and not (name == "band" and "channel_dim" in spec):
+        assert e.convnd_plan.strategy == name
+    assert e.convnd_plan.strategy in convnd.selection.STRATEGIES
 
 
 @pytest.mark.parametrize(

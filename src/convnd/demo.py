@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -94,29 +93,13 @@ def _rewrite() -> None:
     )  # fmt: skip
     flat = convnd.rewrite(model, 2)
     x = torch.randn(2, 2, 64)
-    with torch.no_grad(), _NativeCalls() as calls:
+    with torch.no_grad(), convnd.lowering.NativeCalls() as calls:
         y = flat(x)
     same_keys = flat.state_dict().keys() == model.state_dict().keys()
     with torch.no_grad():
         close = torch.allclose(y, model(x), atol=1e-5)
-    ran = ", ".join(f"{count} x {name}" for name, count in sorted(calls.counts.items()))
+    ran = ", ".join(f"{calls.names.count(name)} x {name}" for name in sorted(set(calls.names)))
     print(f"   native convolutions that ran: {ran}; same state_dict keys: {same_keys}; same output: {close}")
-
-
-class _NativeCalls(torch.overrides.TorchFunctionMode):
-    """Counts the torch convolution calls made inside the block (by name)."""
-
-    NAMES = ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: dict[str, int] = {}
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        name = getattr(func, "__name__", "")
-        if name in self.NAMES:
-            self.counts[name] = self.counts.get(name, 0) + 1
-        return func(*args, **(kwargs or {}))
 
 
 def _speed() -> None:

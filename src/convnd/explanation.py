@@ -20,15 +20,17 @@ import itertools
 import json
 import math
 import textwrap
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
 from .checks import check_operands
+from .functional import channels_first
 from .layer_text import LayerText, from_module, parse_layer, parse_shape
 from .layout import DEFAULT_CHANNEL_DIM, Layout, resolve_layout
-from .lowering import gather_window, plan, scatter_window
+from .lowering import NativeCalls, execute, gather_window, plan, scatter_window
+from .selection import STRATEGIES, axis_order, cheapest
 from .spec import ConvSpec, fan_in
 
 # past these sizes torch is not asked to run on real tensors (meta tensors give shapes only)
@@ -62,7 +64,7 @@ class Recipe:
 
     Attributes:
         rank: the rank of the native kernels.
-        strategy: ``direct``, ``lift`` or ``tapsum``.
+        strategy: ``direct``, ``lift``, or a lowering strategy (:data:`convnd.selection.STRATEGIES`).
         native_calls: how many native convolutions run for this input.
         summary: one line in words.
         steps: the recipe as code-like lines.
@@ -153,6 +155,8 @@ def explain(spec: Any, input_shape: Any) -> Explanation:
     macs = math.prod(counted) * per_element
     recipes = {r: _recipe(spec, r, module, canonical) for r in (1, 2, 3)}
     chosen = plan(spec).native_rank
+    if spec.dims > chosen:  # past the native rank the shapes choose the strategy: describe the one that runs
+        recipes[chosen] = _planned_recipe(spec, module, checked, recipes[chosen])
     return Explanation(
         layer=str(text),
         transposed=spec.transposed,
@@ -309,6 +313,60 @@ def _recipe(spec: ConvSpec, rank: int, module: Any, shape: tuple[int, ...]) -> R
         summary = f"one native {rank}-d call over {ones} in front (kernel 1, stride 1, padding 0 there)"
         return Recipe(rank, how.strategy, 1, summary, steps)
     return _tapsum_recipe(spec, rank, channels, shape)
+
+
+def _planned_recipe(spec: ConvSpec, module: Any, checked: LayerInput, tapsum: Recipe) -> Recipe:
+    """What ``convnd`` runs for this input past the native rank: the cost model's plan (as
+    :func:`convnd.functional.run` makes it), its native calls counted by running it on meta tensors."""
+    x = checked.layout.to_canonical(torch.empty(checked.shape, device="meta"))
+    weight = torch.empty(module.weight.shape, device="meta", dtype=module.weight.dtype)
+    x = x.to(weight.dtype)
+    how = plan(spec, input_shape=x.shape, weight_shape=weight.shape, channels_first=channels_first(x, spec))
+    measured = how.strategy == "measure"
+    if measured:  # timed on the first real call; here, the cost model's pick
+        how = replace(how, strategy=cheapest(spec, replace(how, strategy="tapsum"), *_shapes(x, weight, spec)))
+    with torch.no_grad(), NativeCalls() as calls:
+        execute(x, weight, None, spec, how)
+    count = len(calls.names)
+    order = axis_order(spec.dims, how.native_rank, how.native_axes)
+    if how.strategy == "tapsum" and order == tuple(range(spec.dims)) and count == tapsum.native_calls:
+        return tapsum  # the spelled-out tap sum is literally what runs
+    outer_axes = order[: spec.dims - how.native_rank]
+    words = _STRATEGY_WORDS[how.strategy].format(
+        k=tuple(spec.kernel[a] for a in outer_axes),
+        taps=math.prod(spec.kernel[a] for a in outer_axes),
+        dims=outer_axes,
+        n=spec.dims,
+    )
+    calls_text = "no native convolution" if count == 0 else _plural(count, f"native {how.native_rank}-d call")
+    note = " (strategy('measure') times the plausible strategies on the first call; the cost model's pick)"
+    steps = (
+        f"native dims {tuple(a for a in order if a not in outer_axes)}, lowered dims {outer_axes}",
+        f"force another: with convnd.strategy(name): ...  # one of {', '.join(STRATEGIES)}",
+    )
+    return Recipe(how.native_rank, how.strategy, count, f"{calls_text}: {words}" + (note if measured else ""), steps)
+
+
+def _shapes(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    batched = x.shape if x.dim() == spec.dims + 2 else (1, *x.shape)
+    return tuple(batched), tuple(weight.shape)
+
+
+# what each lowering does, in words (the README's strategy table, shortened)
+_STRATEGY_WORDS = {
+    "tapsum": "one per live tap of the outer kernel {k} over dims {dims}, the rows it reads folded into the batch "
+    "(in output pieces where the memory budget asks)",
+    "fold": "the {taps} taps of the outer kernel {k} over dims {dims} folded into the input channels (im2col over "
+    "those dims), one call per piece of output rows",
+    "spread": "the {taps} taps of the outer kernel {k} over dims {dims} as extra output channels, one call per run "
+    "of input frames, each tap's slab then added where it lands (col2im over those dims)",
+    "band": "dims {dims} merged into the channels, with a banded (Toeplitz) weight joining each position to the "
+    "positions its {taps} taps reach",
+    "unfold": "one batched GEMM of the input's sliding windows with the weight, over all {n} dims (im2col + GEMM; "
+    "transposed: per-tap columns, then col2im)",
+    "fft": "FFT of the input and the kernel over all {n} dims, a channel product per frequency, inverse FFT (exact "
+    "up to rounding)",
+}
 
 
 def _tapsum_recipe(spec: ConvSpec, rank: int, channels: tuple[int, int], shape: tuple[int, ...]) -> Recipe:

@@ -61,13 +61,13 @@ def run(
     x = layout.to_canonical(input)
     check_operands(x, weight, bias, spec)
     how = plan(
-        spec, native_rank, input_shape=x.shape, weight_shape=weight.shape, channels_first=_channels_first(x, spec)
+        spec, native_rank, input_shape=x.shape, weight_shape=weight.shape, channels_first=channels_first(x, spec)
     )
     y = execute(x, weight, bias, spec, how)
     return layout.from_canonical(y, input.shape)
 
 
-def _channels_first(x: torch.Tensor, spec: ConvSpec) -> bool:
+def channels_first(x: torch.Tensor, spec: ConvSpec) -> bool:
     """Whether the channel axis of the (B, C, *spatial) view is outside its spatial axes in memory."""
     return spec.dims <= 3 or x.stride(-spec.dims - 1) >= max(x.stride()[-spec.dims :])
 

@@ -21,6 +21,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -221,6 +222,24 @@ def native_backward(
     if single and grad_x is not None:
         grad_x = grad_x[:1]
     return grad_x, grad_w
+
+
+class NativeCalls(torch.overrides.TorchFunctionMode):
+    """Inside ``with NativeCalls() as calls:``, ``calls.names`` lists torch's native convolution calls in order
+    (``conv3d``, ``conv_transpose2d``, ...). It runs on meta tensors too: ``explain`` counts a plan's calls
+    by running it on shapes alone."""
+
+    NAMES = frozenset(f"conv{t}{r}d" for t in ("", "_transpose") for r in NATIVE_RANKS)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        name = getattr(func, "__name__", "")
+        if name in self.NAMES:
+            self.names.append(name)
+        return func(*args, **(kwargs or {}))
 
 
 def _lift(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, rank: int) -> torch.Tensor:
