@@ -11,6 +11,8 @@ and a *strategy* for the dims that rank cannot hold:
   output positions that tap writes. Taps that would read only zero padding are skipped,
   so zero padding of outer dims costs no copy. The transposed convolution scatters the
   same way. No loop ever runs over output positions, only over outer kernel taps.
+- ``fold``, ``spread``, ``band``, ``unfold``, ``fft``: the other lowerings past the native rank
+  (:mod:`convnd.strategies`); :mod:`convnd.selection` chooses among them all from the shapes.
 
 ``convnd.conv`` (N > 3), ``convnd.emulate`` and ``convnd.rewrite`` all run through here.
 """
