@@ -68,8 +68,11 @@ def run_within(
         return lowering.lowered(x, weight, bias, spec, how, spread)
     if fits(tuple(x.shape)):
         return lowering.lowered(x, weight, bias, spec, how)
-    y = x.new_zeros((x.shape[0], out_channels, *out_size))
-    if not fits((1, *x.shape[1:])):  # one sample is too big: split a lowered spatial dim
+    # a transposed convolution's spatial pieces overlap and are added: zeros; otherwise every element is written once
+    spatial = not fits((1, *x.shape[1:]))
+    shape = (x.shape[0], out_channels, *out_size)
+    y = x.new_zeros(shape) if spec.transposed and spatial else x.new_empty(shape)
+    if spatial:  # one sample is too big: split a lowered spatial dim
         axis = selection.chunk_axis(spec.dims, how)
         if spec.padding_mode != "zeros":
             x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()
