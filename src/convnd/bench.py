@@ -210,7 +210,8 @@ def jax_runner(w: Workload) -> Runner | None:
             feature_group_count=w.groups,
         )
     )
-    return lambda x, weight: torch.from_numpy(np.asarray(fn(x.numpy(), weight.numpy()).block_until_ready()))
+    # np.array copies JAX's read-only buffer into one torch may own (from_numpy warns on a read-only array)
+    return lambda x, weight: torch.from_numpy(np.array(fn(x.numpy(), weight.numpy()).block_until_ready()))
 
 
 def peers(w: Workload, backward: bool) -> dict[str, Runner]:
