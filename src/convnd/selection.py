@@ -365,9 +365,10 @@ def chunked_cost(
             * (1 + _FOLD_PIECE * (pieces - 1))
         )
     if name == "spread":
-        pieces = spread_pieces(spec, how, x_shape, w_shape, limit)
-        if workspace(name, spec, how, x_shape, w_shape) / g["first_in"] + 2 * g["weight"] > limit:
+        per_frame, fixed = _spread_workspace(spec, how, x_shape, w_shape)
+        if per_frame + fixed > limit:
             return math.inf  # even one input frame's slabs would not fit
+        pieces = spread_pieces(spec, how, x_shape, w_shape, limit)
         # a piece of one frame and one sample runs as a batch of two (lowering.native_lowered): twice the work
         frames = g["batch"] * g["outer_rest"] * math.ceil(g["first_in"] / pieces)
         return whole * (2 if _doubled(g, frames, g["channels"]) else 1) * (1 + _FOLD_PIECE * (pieces - 1))
@@ -387,6 +388,15 @@ def fold_pieces(
     return next((p for p in range(1, rows) if math.ceil(rows / p) * overshoot <= rows), rows)
 
 
+def _spread_workspace(
+    spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int]
+) -> tuple[float, int]:
+    """``spread``'s workspace as (elements per input frame of a run, elements whatever the run: the weight's)."""
+    g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
+    fixed = 2 * g["weight"]
+    return (workspace("spread", spec, how, x_shape, w_shape) - fixed) / g["first_in"], fixed
+
+
 def _doubled(g: dict[str, Any], batch: int, channels: int) -> bool:
     """Whether an inner native call of this batch and channel count runs as a batch of two
     (:func:`convnd.lowering.doubled`)."""
@@ -397,12 +407,11 @@ def _doubled(g: dict[str, Any], batch: int, channels: int) -> bool:
 def spread_pieces(
     spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int], limit: float
 ) -> int:
-    """How many runs of input frames (first outer dim) ``spread`` computes, so that one run's slabs and
-    copies plus the output fit ``limit`` elements; one frame per run at most."""
+    """How many runs of input frames (first outer dim) ``spread`` computes, so that one run's workspace
+    (its slabs and copies, and the weight's) fits ``limit`` elements; one frame per run at most."""
     g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
     frames = g["first_in"]
-    fixed = 2 * g["weight"]  # the rest shrinks with the run
-    per_frame = (workspace("spread", spec, how, x_shape, w_shape) - fixed) / frames
+    per_frame, fixed = _spread_workspace(spec, how, x_shape, w_shape)
     if per_frame <= 0:
         return 1  # an empty batch
     fit = int((limit - fixed) // per_frame) if limit > fixed else 0
