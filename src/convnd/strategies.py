@@ -150,13 +150,18 @@ def _channels_last(t: torch.Tensor, channel_axis: int) -> torch.Tensor:
     return t.movedim(channel_axis, -1).contiguous().movedim(-1, channel_axis)
 
 
-def _tap_windows(step, outer: ConvSpec, size: tuple[int, ...], out: tuple[int, ...], low_shift: int):
+@trace_safe_cache(maxsize=1024)
+def _tap_windows(step, outer: ConvSpec, size: tuple[int, ...], out: tuple[int, ...], low_shift: int) -> tuple:
     """Each outer tap with its per-dim (input, output) slices from ``step`` (``lowering.gather_window`` or
     ``scatter_window``), None where the tap touches only padding, for a piece of ``size`` input and ``out``
-    output positions whose first dim's low padding is ``low_shift`` more than the whole convolution's."""
+    output positions whose first dim's low padding is ``low_shift`` more than the whole convolution's.
+
+    Cached: pure arithmetic on shapes (a 5-d fold's 9 taps per piece: 4% of its time, measured A/B).
+    """
     shifted = replace(outer, padding=((outer.padding[0][0] + low_shift, 0), *outer.padding[1:]))
-    for tap in itertools.product(*(range(k) for k in outer.kernel)):
-        yield tap, _windows(step, tap, size, out, shifted)
+    return tuple(
+        (tap, _windows(step, tap, size, out, shifted)) for tap in itertools.product(*(range(k) for k in outer.kernel))
+    )
 
 
 def _folded(src: torch.Tensor, outer: ConvSpec, out: tuple[int, ...], first: int, size) -> torch.Tensor:
@@ -169,7 +174,9 @@ def _folded(src: torch.Tensor, outer: ConvSpec, out: tuple[int, ...], first: int
     order = (*range(n_outer + 1), *range(len(shape) - rank, len(shape)), *range(n_outer + 1, len(shape) - rank))
     buf = src.new_zeros(tuple(shape[a] for a in order)).permute(tuple(order.index(a) for a in range(len(shape))))
     # output rows first.. are the output of a conv whose low padding starts ``first`` strides later
-    for tap, windows in _tap_windows(lowering.gather_window, outer, size[:n_outer], out, -first * outer.stride[0]):
+    for tap, windows in _tap_windows(
+        lowering.gather_window, outer, tuple(size[:n_outer]), out, -first * outer.stride[0]
+    ):
         if windows is not None:
             where = (*(dst for _, dst in windows), Ellipsis, *tap, *(slice(None),) * rank)
             buf[where] = src[tuple(s for s, _ in windows)]
