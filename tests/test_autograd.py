@@ -146,3 +146,29 @@ def test_fold_backward_of_single_small_images_matches_autograd(monkeypatch):
     assert any(doubled)
     for ours, theirs in zip(*grads):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["fold", "spread"])
+def test_folds_backward_is_twice_differentiable_when_a_tap_covers_the_whole_input(name):
+    # an outer kernel of 1: the one tap's input-gradient view is the whole buffer (an in-place trap under create_graph)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn((1, 2, 3, 3, 4, 3), generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn((2, 2, 1, 3, 3, 3), generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w):
+        with convnd.strategy(name, custom_backward=True):
+            return convnd.conv(x, w, padding=(0, 1, 1, 1))
+
+    assert gradgradcheck(f, (x, w), fast_mode=True)
+
+
+def test_a_bias_only_gradient_runs_no_folded_backward(monkeypatch):
+    calls = []
+    real = convnd.strategies.fold_backward
+    monkeypatch.setattr(convnd.strategies, "fold_backward", lambda *a: calls.append(1) or real(*a))
+    x, w, b = _operands(False, {}, (5, 3, 3, 3), (3, 2, 2, 2))
+    with convnd.strategy("fold", custom_backward=True):
+        convnd.conv(x, w, b).sum().backward()
+        assert calls == [1]
+        convnd.conv(x.detach(), w.detach(), b).sum().backward()
+    assert calls == [1]  # the bias gradient is a sum: no folded input rebuilt for it

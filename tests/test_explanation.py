@@ -13,6 +13,7 @@ from convnd import lowering
 from convnd.errors import ConvndError, ConvndValueError
 from convnd.layer_text import parse_layer
 from convnd.layout import resolve_layout
+from convnd.testing import NativeConvolutions
 
 SEED = "nn.Conv1d(4, 4, kernel_size=(1, 1))"
 
@@ -160,9 +161,9 @@ def test_convnd_runs_it_names_the_plan_that_runs_and_counts_its_native_calls(spe
     x = torch.randn(shape)
     with convnd.strategy(name):
         e = convnd.explain(spec, shape)
-        with torch.no_grad(), lowering.NativeCalls() as calls:
+        with torch.no_grad(), NativeConvolutions() as record:
             module(x)
-    assert e.convnd_plan.native_calls == len(calls.names)
+    assert e.convnd_plan.native_calls == len(record.calls)
     if name is not None and not (name == "band" and "channel_dim" in spec):
         assert e.convnd_plan.strategy == name
     assert e.convnd_plan.strategy in convnd.selection.STRATEGIES
@@ -206,3 +207,11 @@ def test_terminal_view_is_aligned_tables_not_a_wall():
     assert [row[: header.index("out_pad") + len("out_pad")].split()[-1] for row in rows] == ["1", "1"]
     assert "(3 - 1)*2 - 1 - 1 + 3 + 1 = 6" in text
     assert max(len(line) for line in lines if not line.startswith(" " * 4)) <= 130
+
+
+def test_tapsum_recipe_spells_asymmetric_inner_padding_as_lowering_runs_it():
+    # 'same' with an even kernel pads (1, 2): torch takes the common 1, the remaining (0, 1) is padded first
+    e = convnd.explain("ConvNd(2, 2, (3, 3, 4, 4), padding='same')", (1, 2, 5, 5, 6, 6))
+    two = next(r for r in e.other_ranks if r.rank == 2)
+    call = next(step for step in two.steps if step.startswith("conv_t = "))
+    assert "padding=(1, 1)" in call and "padded by ((0, 1), (0, 1))" in call

@@ -14,12 +14,11 @@ def test_conv1d_with_2d_kernel_is_a_2d_convolution():
 
 
 def test_seed_answer_examples_work():
-    for make, shape in [
-        (lambda k, **kw: convnd.Conv1d(1, 1, k, **kw), None),
-        (lambda k, **kw: convnd.Conv2d(1, 1, k, **kw), None),
-        (lambda k, **kw: convnd.Conv3d(1, 1, k, **kw), None),
+    for make in [
+        lambda k, **kw: convnd.Conv1d(1, 1, k, **kw),
+        lambda k, **kw: convnd.Conv2d(1, 1, k, **kw),
+        lambda k, **kw: convnd.Conv3d(1, 1, k, **kw),
     ]:
-        del shape
         for kernel, size in [((3,), (1, 1, 100)), ((3, 3), (1, 1, 30, 30)), ((3, 3, 3), (1, 1, 12, 12, 12))]:
             m = make(kernel, stride=(1,) * len(kernel), dilation=(1,) * len(kernel), padding="same", bias=False)
             m.weight.data.fill_(1)

@@ -168,6 +168,10 @@ def test_measured_choice_is_timed_once_and_cached(monkeypatch):
     assert len(timed) == 2 * len(set(timed))  # twice each, and the second call hit the cache
     assert torch.equal(first, second)
     np.testing.assert_allclose(first.numpy(), _oracle(x, w, b, {}), atol=1e-10)
+    timed.clear()
+    with convnd.strategy("measure", max_memory=1 << 30):
+        convnd.conv(x, w, b)
+    assert timed  # another budget runs other pieces: timed again, not the first budget's answer
 
 
 def test_cost_model_choices_follow_the_workload():
@@ -347,3 +351,23 @@ def test_every_strategy_runs_in_half_precision(name, transposed, dtype):
     assert y.dtype == dtype and all(t.grad.dtype == dtype for t in low)
     scale = np.abs(expected).max()
     np.testing.assert_allclose(y.double().detach().numpy(), expected, rtol=0, atol=HALF[dtype] * scale)
+
+
+# corners: padding of at least a window on both sides (the FFT's transform must still hold every output), a
+# budget so small a piece reads only padding, and an empty batch
+CORNERS = [
+    ("padding beyond the window", (1, 2, 1, 2), {"padding": (2, 1, 1, 0)}, None, 2),
+    ("a piece of padding only", (2, 1, 2, 2), {"padding": (0, (2, 0), 1, 0)}, 4000, 1),
+    ("empty batch", (3, 2, 3, 2), {"padding": 1}, None, 0),
+]
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize(("case", "kernel", "kw", "max_memory", "batch"), CORNERS, ids=[c[0] for c in CORNERS])
+def test_every_strategy_is_exact_in_the_corners(name, case, kernel, kw, max_memory, batch):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn((batch, 4, 5, 4, 6, 5), generator=gen, dtype=torch.float64)
+    w = torch.randn((6, 4, *kernel), generator=gen, dtype=torch.float64)
+    with convnd.strategy(name, max_memory=max_memory):
+        y = convnd.conv(x, w, **kw)
+    np.testing.assert_allclose(y.numpy(), _oracle(x, w, None, kw), rtol=0, atol=1e-10)

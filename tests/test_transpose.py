@@ -435,3 +435,19 @@ def test_bad_input_message(call: Any, message: str) -> None:
     with pytest.raises(convnd.ConvndError) as info:
         call()
     assert str(info.value) == message
+
+
+def test_a_repeated_output_size_reuses_one_spec_and_its_checks() -> None:
+    # the spec for an output_size is cached: the same object each call, so the shape checks keyed by it hit
+    from convnd import checks
+    from convnd.modules import spec_for_output_size
+
+    m = convnd.ConvTranspose2d(2, 3, 3, stride=2)
+    x = torch.randn(1, 2, 5, 5)
+    first = spec_for_output_size(m.spec, x, (12, 12))
+    assert spec_for_output_size(m.spec, x, (12, 12)) is first and first.output_padding == (1, 1)
+    m(x, output_size=(12, 12))
+    before = len(checks._PASSED)
+    for _ in range(5):
+        m(x, output_size=(12, 12))
+    assert len(checks._PASSED) == before  # no new entry per call (it used to add one each time)

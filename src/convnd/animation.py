@@ -129,14 +129,8 @@ def frames_for(spec: ConvSpec, spatial: tuple[int, ...]) -> tuple[Grid, Grid, li
     ``i*stride + t*dilation`` of the full output, whose first ``low`` and last ``high`` (minus
     output_padding) cells are cropped.
     """
+    source, target = grids_for(spec, spatial)
     out = spec.output_size(spatial)
-    lows = tuple(lo for lo, _ in spec.padding)
-    if spec.transposed:
-        full = tuple(o + lo + hi for o, (lo, hi) in zip(out, spec.padding))
-        source, target = Grid(spatial, (0,) * spec.dims, spatial), Grid(full, lows, out)
-    else:
-        padded = tuple(n + lo + hi for n, (lo, hi) in zip(spatial, spec.padding))
-        source, target = Grid(padded, lows, spatial), Grid(out, (0,) * spec.dims, out)
     positions = itertools.product(*(range(n) for n in (spatial if spec.transposed else out)))
     taps = list(itertools.product(*(range(k) for k in spec.kernel)))
     frames = []
@@ -145,6 +139,17 @@ def frames_for(spec: ConvSpec, spatial: tuple[int, ...]) -> tuple[Grid, Grid, li
         window = tuple((i * s, i * s + w - 1) for i, s, w in zip(p, spec.stride, spec.window))
         frames.append(Frame(p, cells, window))
     return source, target, frames
+
+
+def grids_for(spec: ConvSpec, spatial: tuple[int, ...]) -> tuple[Grid, Grid]:
+    """The grid the kernel slides over and the one it writes (cheap: no positions listed)."""
+    out = spec.output_size(spatial)
+    lows = tuple(lo for lo, _ in spec.padding)
+    if spec.transposed:
+        full = tuple(o + lo + hi for o, (lo, hi) in zip(out, spec.padding))
+        return Grid(spatial, (0,) * spec.dims, spatial), Grid(full, lows, out)
+    padded = tuple(n + lo + hi for n, (lo, hi) in zip(spatial, spec.padding))
+    return Grid(padded, lows, spatial), Grid(out, (0,) * spec.dims, out)
 
 
 def pick(count: int, limit: int) -> list[int]:
@@ -192,8 +197,9 @@ def render_frames(layer: Any, input_shape: Any, *, max_frames: int = MAX_FRAMES)
     plt, _ = require_viz()
     checked = layer_and_input(layer, input_shape)
     text, module, shape, spec = checked.text, checked.module, checked.shape, checked.module.spec
-    source, target, frames = frames_for(spec, checked.layout.spatial_size(shape))
-    for name, grid in (("input", source), ("output", target)):
+    spatial = checked.layout.spatial_size(shape)
+    # the size check first: listing every position of an input too big to draw took seconds before refusing it
+    for name, grid in zip(("input", "output"), grids_for(spec, spatial)):
         if grid.width > MAX_CELLS or grid.height > MAX_CELLS:
             fail(
                 "--input",
@@ -201,6 +207,7 @@ def render_frames(layer: Any, input_shape: Any, *, max_frames: int = MAX_FRAMES)
                 f"small enough to draw: at most {MAX_CELLS} cells across and down",
                 reason=f"the {name} needs {grid.width} x {grid.height:g}; a smaller input shows the same sliding",
             )
+    source, target, frames = frames_for(spec, spatial)
     shown = pick(len(frames), max(2, max_frames))
     canvas = _Canvas(plt, spec, source, target, f"{text}  on input {shape}", module.in_channels)
     images = []

@@ -22,7 +22,6 @@ the computation, never tensor values, so it traces under ``torch.compile`` and
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import replace
 from typing import Any
@@ -72,7 +71,7 @@ class LoweredConv(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[2]:
             grad_b = grad.sum(dim=(0, *range(2, grad.dim())))
-        if how.strategy in FOLD_BACKWARD and not spec.transposed:
+        if how.strategy in FOLD_BACKWARD and not spec.transposed and any(ctx.needs_input_grad[:2]):
             grad_x, grad_w = fold_grads(grad, x, weight, spec, how, tuple(ctx.needs_input_grad[:2]))
             return grad_x, grad_w, grad_b, None, None
         if ctx.needs_input_grad[0]:
@@ -149,14 +148,9 @@ def weight_grad(
     outer, inner = spec.select(range(n_outer)), spec.select(range(n_outer, spec.dims))
     grad_w = torch.zeros_like(w)
     batch = u.shape[0]
-    for tap in itertools.product(*(range(k) for k in outer.kernel)):
-        windows = [
-            lowering.gather_window(t, n, o, s, d, lo)
-            for t, n, o, s, d, (lo, _) in zip(
-                tap, u.shape[2:], gz.shape[2:], outer.stride, outer.dilation, outer.padding
-            )
-        ]
-        if any(window is None for window in windows):
+    size, out = tuple(u.shape[2 : 2 + n_outer]), tuple(gz.shape[2 : 2 + n_outer])
+    for tap, windows in lowering.tap_windows(lowering.gather_window, outer, size, out):
+        if windows is None:
             continue  # this tap reads only zero padding: its gradient is zero
         us = _fold(u[(slice(None), slice(None), *(src for src, _ in windows))], n_outer, batch)
         gzs = _fold(gz[(slice(None), slice(None), *(dst for _, dst in windows))], n_outer, batch)

@@ -25,7 +25,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -158,11 +158,11 @@ def frame_loop_runner(w: Workload) -> Runner:
         out = w.output_size()
         y = x.new_zeros((x.shape[0], w.out_channels, *out))
         frames = out[:n_outer] if not w.transposed else w.spatial[:n_outer]
+        limit = w.spatial[:n_outer] if not w.transposed else out[:n_outer]
         for frame in itertools.product(*map(range, frames)):
             for tap in itertools.product(range(k), repeat=n_outer):
                 # forward: output frame o reads input o*s + t - p; transposed: input i lands on i*s + t - p
                 other = [f * s + t - p for f, t in zip(frame, tap)]
-                limit = w.spatial[:n_outer] if not w.transposed else out[:n_outer]
                 if any(o < 0 or o >= n for o, n in zip(other, limit)):
                     continue
                 wt = weight[(slice(None), slice(None), *tap)]
@@ -284,11 +284,6 @@ class Result:
     seconds: dict[str, float]
     gemm: float  # FLOP/s of a float32 GEMM timed in the same rounds
     plan: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def convnd(self) -> str:
-        return "convnd"
 
     def gflops(self, name: str) -> float:
         work = self.workload.flops() * (3 if self.backward else 1)  # backward: grad input + grad weight
@@ -309,19 +304,35 @@ def bench_workload(
     A ``gemm`` x ``gemm`` float32 matrix product runs in the same rounds: its rate is the
     machine's reference for this workload's "of GEMM" column.
     """
-    x, weight = w.operands()
     runners: dict[str, Runner] = {"convnd": convnd_runner(w)}
     if strategies and w.dims > 3:
         runners.update({f"convnd:{s}": convnd_runner(w, s) for s in STRATEGIES})
         if backward:
             runners["convnd:autograd-thru"] = convnd_runner(w, custom_backward=False)
     runners.update(peers(w, backward))
+    seconds = time_runners(w, runners, backward=backward, rounds=rounds, gemm=gemm, progress=progress)
+    rate = 2 * gemm**3 / seconds.pop(GEMM)
+    return Result(w, backward, seconds, rate, plan=plan_name(w))
+
+
+def time_runners(
+    w: Workload,
+    runners: dict[str, Runner],
+    *,
+    backward: bool,
+    rounds: int,
+    gemm: int | None = None,
+    progress: Callable[[], None] | None = None,
+) -> dict[str, float]:
+    """Median seconds per call of each runner on ``w``'s operands, side by side (:func:`time_side_by_side`);
+    with ``gemm``, a ``gemm``-sized float32 matrix product in the same rounds (its seconds under :data:`GEMM`)."""
+    x, weight = w.operands()
     calls = _calls(w)
     steps = {name: _step(run, x, weight, backward, calls) for name, run in runners.items()}
-    steps[GEMM] = _gemm_step(gemm)
+    if gemm is not None:
+        steps[GEMM] = _gemm_step(gemm)
     medians = time_side_by_side(steps, rounds, progress)
-    rate = 2 * gemm**3 / medians.pop(GEMM)
-    return Result(w, backward, {n: s / calls for n, s in medians.items()}, rate, plan=_plan_name(w, x, weight))
+    return {name: s / (1 if name == GEMM else calls) for name, s in medians.items()}
 
 
 GEMM = "float32 GEMM"
@@ -339,7 +350,9 @@ def _calls(w: Workload) -> int:
     return max(1, min(1000, int(2e7 // max(w.flops(), 1))))
 
 
-def _plan_name(w: Workload, x: torch.Tensor, weight: torch.Tensor) -> str:
+def plan_name(w: Workload) -> str:
+    """The strategy (and native dims) convnd's planner picks for ``w``."""
+    x, weight = w.operands()
     how = plan(w.spec, input_shape=x.shape, weight_shape=weight.shape)
     axes = f" native dims {how.native_axes}" if how.native_axes else ""
     return f"{how.strategy}{axes}"

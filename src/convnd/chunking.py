@@ -4,10 +4,11 @@ A lowering strategy's temporary buffers scale with the part of the output it com
 (:func:`convnd.selection.workspace` estimates them). When the whole convolution's
 estimate exceeds the plan's budget, ``fold`` splits its folded batch into runs of output
 rows of the first lowered dim (:func:`convnd.strategies.fold`: no halos, one native call
-each); the other strategies split the batch, then the first lowered spatial dim (not for
-transposed convolutions, whose pieces would overlap), each piece running as its own
-convolution over the input rows it reads, with that piece's share of the padding. Every
-piece is written straight into the output, so the peak is one piece's buffers plus the output.
+each) and ``spread`` runs runs of input frames (:func:`convnd.strategies.spread`); the other
+strategies split the batch, then the first lowered spatial dim, each piece running as its own
+convolution over the input rows it reads, with that piece's share of the padding (transposed:
+each piece of input rows adds its full output where it lands, since the pieces overlap).
+Every piece is written straight into the output, so the peak is one piece's buffers plus the output.
 """
 
 from __future__ import annotations
@@ -33,8 +34,13 @@ FOLD_OUTPUT_PIECE = 2 << 20
 
 
 def budget(x: torch.Tensor, out_numel: int, how: lowering.Plan) -> int:
-    """The plan's byte budget for temporaries: ``max_memory``, else 1.25x the input plus output size (>= 256 KiB),
-    unbounded for a pinned plan (see :class:`convnd.lowering.Plan`).
+    """The plan's byte budget for temporaries (:func:`budget_bytes` for ``x`` and an output of ``out_numel``)."""
+    return budget_bytes(x.numel(), out_numel, x.element_size(), how)
+
+
+def budget_bytes(in_numel: int, out_numel: int, itemsize: int, how: lowering.Plan) -> int:
+    """``max_memory``, else 1.25x the input plus output size (>= 256 KiB), unbounded for a pinned plan
+    (see :class:`convnd.lowering.Plan`); the cost model prices pieces with the same rule.
 
     The floor keeps small convolutions in one piece, where splitting would cost time and save nothing.
     """
@@ -42,7 +48,7 @@ def budget(x: torch.Tensor, out_numel: int, how: lowering.Plan) -> int:
         return how.max_memory
     if how.pinned:  # emulate/rewrite promise one native call per tap (explain counts them): split only on request
         return 1 << 62
-    return max(int(DEFAULT_BUDGET_RATIO * (x.numel() + out_numel) * x.element_size()), MIN_DEFAULT_BUDGET)
+    return max(int(DEFAULT_BUDGET_RATIO * (in_numel + out_numel) * itemsize), MIN_DEFAULT_BUDGET)
 
 
 def run_within(
@@ -93,11 +99,7 @@ def fold_pieces(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, how: lowe
     :data:`FOLD_OUTPUT_PIECE` bytes of output (its backward rebuilds the same pieces)."""
     if how.max_memory is None and selection.symbolic(x.shape):
         return 1
-    out_channels = weight.shape[0]
-    out_bytes = x.shape[0] * out_channels * math.prod(spec.output_size(x.shape[2:])) * x.element_size()
-    whole = selection.workspace("fold", spec, how, tuple(x.shape), tuple(weight.shape)) * x.element_size()
-    overshoot = max(whole / budget(x, out_bytes // x.element_size(), how), out_bytes / FOLD_OUTPUT_PIECE)
-    return selection.fold_pieces(spec, how, tuple(x.shape), tuple(weight.shape), overshoot)
+    return selection.fold_piece_count(spec, how, tuple(x.shape), tuple(weight.shape), x.element_size())
 
 
 def _pieces_along(x: torch.Tensor, spec: ConvSpec, axis: int, out_size: tuple[int, ...], fits) -> int:
@@ -125,7 +127,10 @@ def _spatial_pieces(
     if not spec.transposed:
         for rows in _split(y.shape[2 + axis], pieces):
             xs, piece = _input_rows(x, spec, axis, rows)
-            y[(*lead, rows)] = lowering.lowered(xs, weight, None, piece, how)
+            if xs.shape[2 + axis] == 0:  # these rows read only zero padding: no strategy has input to run on
+                y[(*lead, rows)] = 0
+            else:
+                y[(*lead, rows)] = lowering.lowered(xs, weight, None, piece, how)
         return
     # transposed: each input piece's full (uncropped) output, added where it lands
     padding, output_padding = list(spec.padding), list(spec.output_padding)

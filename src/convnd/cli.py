@@ -1,8 +1,9 @@
 """The ``convnd`` command line: ``convnd VERB ...`` and ``python -m convnd VERB ...``.
 
 Each verb lives in its own module exposing ``add_arguments(parser)`` and
-``run_cli(args) -> int``; modules are imported only when their verb runs, so
-``convnd demo`` never imports matplotlib.
+``run_cli(args) -> int``; the parser imports each to add its arguments, and the
+heavy optional imports (matplotlib, pillow, torchnd, JAX) happen only inside the
+verb that needs them, so ``convnd demo`` without the viz extra still runs.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import torch
 import convnd
 
 from . import animation, bench
+from .testing import NativeConvolutions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,22 +94,22 @@ def _rewrite() -> None:
     )  # fmt: skip
     flat = convnd.rewrite(model, 2)
     x = torch.randn(2, 2, 64)
-    with torch.no_grad(), convnd.lowering.NativeCalls() as calls:
+    with torch.no_grad(), NativeConvolutions() as record:
         y = flat(x)
     same_keys = flat.state_dict().keys() == model.state_dict().keys()
     with torch.no_grad():
         close = torch.allclose(y, model(x), atol=1e-5)
-    ran = ", ".join(f"{calls.names.count(name)} x {name}" for name in sorted(set(calls.names)))
+    counts = {rank: sum(r == rank for _, r in record.calls) for rank in sorted(record.ranks)}
+    ran = ", ".join(f"{count} x conv{rank}d" for rank, count in counts.items())
     print(f"   native convolutions that ran: {ran}; same state_dict keys: {same_keys}; same output: {close}")
 
 
 def _speed() -> None:
     w = bench.find("4d-large-kernel")
     print(f"\n6. Speed, side by side on this machine (5 rounds, medians): {w.describe()}")
-    x, weight = w.operands()
     runners = {"convnd": bench.convnd_runner(w), "frame loop over conv3d": bench.frame_loop_runner(w)}
-    steps = {name: bench._step(run, x, weight, False, 1) for name, run in runners.items()}
-    seconds = bench.time_side_by_side(steps, rounds=5)
+    seconds = bench.time_runners(w, runners, backward=False, rounds=5)
+    x, weight = w.operands()
     plan = convnd.lowering.plan(w.spec, input_shape=x.shape, weight_shape=weight.shape).strategy
     for name, s in seconds.items():
         print(f"   {name:<24} {s * 1e3:8.2f} ms")

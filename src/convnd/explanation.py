@@ -25,13 +25,15 @@ from typing import Any
 
 import torch
 
+from . import selection
 from .checks import check_operands
 from .functional import channels_first
 from .layer_text import LayerText, from_module, parse_layer, parse_shape
 from .layout import DEFAULT_CHANNEL_DIM, Layout, resolve_layout
-from .lowering import NativeCalls, execute, gather_window, plan, scatter_window
-from .selection import STRATEGIES, axis_order, cheapest
+from .lowering import execute, gather_window, plan, scatter_window
+from .selection import STRATEGIES, axis_order
 from .spec import ConvSpec, fan_in
+from .testing import NativeConvolutions
 
 # past these sizes torch is not asked to run on real tensors (meta tensors give shapes only)
 _REAL_ELEMENTS = 1 << 22
@@ -267,7 +269,8 @@ def _rows(spec: ConvSpec, spatial: tuple[int, ...], out: tuple[int, ...]) -> tup
 def _layer_call(spec: ConvSpec, in_channels: int, out_channels: int) -> str:
     """``torch.nn.ConvXd(...)`` spelling ``spec`` with one value per dim, as torch takes them."""
     name = f"ConvTranspose{spec.dims}d" if spec.transposed else f"Conv{spec.dims}d"
-    padding = spec.native_padding if spec.native_padding is not None else (0,) * spec.dims
+    padding = spec.native_padding
+    assert padding is not None, "asymmetric padding: spell the explicit pad first (_pad_first)"
     parts = [f"{in_channels}, {out_channels}", f"kernel_size={spec.kernel}", f"stride={spec.stride}"]
     parts.append(f"padding={padding!r}")
     if spec.transposed and any(spec.output_padding):
@@ -281,7 +284,8 @@ def _layer_call(spec: ConvSpec, in_channels: int, out_channels: int) -> str:
 
 
 def _pad_first(spec: ConvSpec) -> tuple[tuple[str, ...], ConvSpec]:
-    """Asymmetric padding torch cannot take: pad explicitly first, then convolve unpadded (as lowering.native)."""
+    """Asymmetric padding torch cannot take: pad explicitly first, then convolve unpadded (lowering.native pads
+    only the asymmetric part and passes the common one to torch; the same result)."""
     if spec.native_padding is None:
         return (f"x = pad(x, {spec.padding}, mode={spec.padding_mode!r})  # (low, high) per dim",), spec.unpadded()
     return (), spec
@@ -320,14 +324,14 @@ def _planned_recipe(spec: ConvSpec, module: Any, checked: LayerInput, tapsum: Re
     :func:`convnd.functional.run` makes it), its native calls counted by running it on meta tensors."""
     x = checked.layout.to_canonical(torch.empty(checked.shape, device="meta"))
     weight = torch.empty(module.weight.shape, device="meta", dtype=module.weight.dtype)
-    x = x.to(weight.dtype)
     how = plan(spec, input_shape=x.shape, weight_shape=weight.shape, channels_first=channels_first(x, spec))
     measured = how.strategy == "measure"
-    if measured:  # timed on the first real call; here, the cost model's pick
-        how = replace(how, strategy=cheapest(spec, replace(how, strategy="tapsum"), *_shapes(x, weight, spec)))
-    with torch.no_grad(), NativeCalls() as calls:
+    if measured:  # timed on the first real call; here, the cost model's pick (as while compiling)
+        batched = x if checked.batched else x.unsqueeze(0)
+        how = selection.measured(batched, weight, None, spec, how, timed=False)
+    with torch.no_grad(), NativeConvolutions() as record:
         execute(x, weight, None, spec, how)
-    count = len(calls.names)
+    count = len(record.calls)
     order = axis_order(spec.dims, how.native_rank, how.native_axes)
     if how.strategy == "tapsum" and order == tuple(range(spec.dims)) and count == tapsum.native_calls:
         return tapsum  # the spelled-out tap sum is literally what runs
@@ -345,11 +349,6 @@ def _planned_recipe(spec: ConvSpec, module: Any, checked: LayerInput, tapsum: Re
         f"force another: with convnd.strategy(name): ...  # one of {', '.join(STRATEGIES)}",
     )
     return Recipe(how.native_rank, how.strategy, count, f"{calls_text}: {words}" + (note if measured else ""), steps)
-
-
-def _shapes(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    batched = x.shape if x.dim() == spec.dims + 2 else (1, *x.shape)
-    return tuple(batched), tuple(weight.shape)
 
 
 # what each lowering does, in words (the README's strategy table, shortened)
@@ -393,9 +392,15 @@ def _tapsum_recipe(spec: ConvSpec, rank: int, channels: tuple[int, int], shape: 
     taps, lead = math.prod(outer.kernel), ":, " * (len(shape) - spec.dims)
     skipped = f" ({taps - count:,} read only padding: skipped)" if taps > count else ""
     outer_dims = tuple(range(n_outer))
+    call, fold_pad = inner, ""
+    if inner.native_padding is None:  # as lowering.native: torch pads the common part, the rest is padded first
+        common = tuple(min(pair) for pair in inner.padding)
+        rest = tuple((lo - c, hi - c) for (lo, hi), c in zip(inner.padding, common))
+        call = replace(inner, padding=tuple((c, c) for c in common), native_padding=common)
+        fold_pad = f", padded by {rest} (low, high) on the native dims"
     steps += [
         f"y = zeros({(*shape[: -spec.dims - 1], channels[1], *out_sizes)})",
-        f"conv_t = {_layer_call(inner, *channels)}  # weight[:, :, *t]",
+        f"conv_t = {_layer_call(call, *channels)}  # weight[:, :, *t]{fold_pad}",
         f"for each of the {_plural(taps, 'tap')} t of kernel {outer.kernel} over dims {outer_dims}{skipped}:",
         f"    y[{lead}out_t] += conv_t(fold(x[{lead}in_t]))",
     ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -374,7 +373,7 @@ def spec_for_output_size(
             kind="type" if not isinstance(size, tuple) else "value",
         )
     size = as_tuple("output_size", size, n, minimum=1)
-    return replace(spec, output_padding=spec.output_padding_for(layout.spatial_size(input.shape), size))
+    return spec.with_output_padding(spec.output_padding_for(layout.spatial_size(input.shape), size))
 
 
 class ConvTranspose1d(ConvTransposeNd):

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from . import chunking, lowering
+from . import chunking, lowering, strategies
 from .caching import trace_safe_cache
 from .errors import fail
 from .spec import ConvSpec
@@ -231,7 +231,9 @@ def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_sh
         "per_group_in": per_group_in,
         "per_group_out": out_channels // spec.groups,
         # strategies.fft_sizes before rounding up to a fast size (no comparisons of sizes: they would be guards)
-        "fft_size": math.prod([m + max(lo, hi) for m, (lo, hi) in zip(spatial, spec.padding)])
+        "fft_size": math.prod(
+            [m + strategies.fft_margin(lo, hi, w) for m, (lo, hi), w in zip(spatial, spec.padding, spec.window)]
+        )
         if not spec.transposed
         else math.prod(out) + math.prod(spec.window),
         "macs": batch
@@ -346,17 +348,13 @@ def chunked_cost(
     twice the work when a piece is a single frame of a single sample (run as a batch of two).
     """
     g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
-    limit = (
-        how.max_memory / 4
-        if how.max_memory is not None
-        else max(chunking.DEFAULT_BUDGET_RATIO * (g["in"] + g["out"]), chunking.MIN_DEFAULT_BUDGET / 4)
-    )
+    limit = chunking.budget_bytes(g["in"], g["out"], 4, how) / 4  # in float32 elements
     overshoot = workspace(name, spec, how, x_shape, w_shape) / max(limit, 1)
     whole = cost(name, spec, how, x_shape, w_shape)
-    if name == "fold" and not g["spec"].transposed and overshoot > 1:
+    if name == "fold" and not g["spec"].transposed:
         if overshoot > g["first_out"]:
             return math.inf  # even one output row's folded input would not fit
-        pieces = fold_pieces(spec, how, x_shape, w_shape, overshoot)
+        pieces = fold_piece_count(spec, how, x_shape, w_shape, 4)
         # a piece of one frame and one sample runs as a batch of two (lowering.native_lowered): twice the work
         rows = g["batch"] * g["outer_out"] // g["first_out"] * math.ceil(g["first_out"] / pieces)
         return (
@@ -378,12 +376,20 @@ def chunked_cost(
     return whole * (1 + _PIECE * max(pieces - 1, 0))
 
 
-def fold_pieces(
-    spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int], overshoot: float
+def fold_piece_count(
+    spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int], itemsize: int
 ) -> int:
-    """How many pieces ``fold`` splits its folded batch into (runs of output rows of the first outer dim)
-    so that each piece's workspace is at most ``1 / overshoot`` of the whole one's; one row per piece at most."""
-    rows = _geometry(spec, how, tuple(x_shape), tuple(w_shape))["first_out"]
+    """How many pieces ``fold`` splits its folded batch into (runs of output rows of the first outer dim):
+    each piece's workspace within the budget, and its output at most :data:`convnd.chunking.FOLD_OUTPUT_PIECE`
+    bytes; one row per piece at most. The run (:func:`convnd.chunking.fold_pieces`) and the cost model both ask here.
+    """
+    g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
+    limit = chunking.budget_bytes(g["in"], g["out"], itemsize, how)
+    overshoot = max(
+        workspace("fold", spec, how, x_shape, w_shape) * itemsize / limit,
+        g["out"] * itemsize / chunking.FOLD_OUTPUT_PIECE,
+    )
+    rows = g["first_out"]
     # the fewest pieces whose largest (ceil(rows / pieces) rows) fits
     return next((p for p in range(1, rows) if math.ceil(rows / p) * overshoot <= rows), rows)
 
@@ -458,21 +464,27 @@ def _rate(reduction: int, outputs: int, channels: int = 1, gemm: bool = False) -
 
 
 def measured(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, how: lowering.Plan
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: ConvSpec,
+    how: lowering.Plan,
+    timed: bool = True,
 ) -> lowering.Plan:
     """The fastest strategy for these operands, timed once per (spec, shapes, dtype, device) and cached.
 
     Only the strategies the cost model puts within 4x of its favourite are timed (twice
     each, best of two, within the memory budget), so the first call costs a few calls,
-    not an FFT of a volume the model already knows is hopeless. While compiling, the
-    cost model decides alone.
+    not an FFT of a volume the model already knows is hopeless. While compiling, or with
+    ``timed`` False (``explain``, on meta tensors), the cost model decides alone.
     """
     shapes = (tuple(x.shape), tuple(weight.shape))
-    costs = {name: chunked_cost(name, spec, how, *shapes) for name in STRATEGIES}
-    if torch.compiler.is_compiling():
-        return replace(how, strategy=min(costs, key=costs.__getitem__))
-    key = (spec, how.native_rank, how.native_axes, *shapes, x.dtype, x.device.type)
+    if not timed or torch.compiler.is_compiling():
+        return replace(how, strategy=cheapest(spec, how, *shapes))
+    # the budget is part of the key: a choice timed in one budget's pieces is not another budget's
+    key = (spec, how.native_rank, how.native_axes, how.max_memory, *shapes, x.dtype, x.device.type)
     if key not in _MEASURED:
+        costs = {name: chunked_cost(name, spec, how, *shapes) for name in STRATEGIES}
         best = min(costs.values())
         times = {}
         with torch.no_grad():

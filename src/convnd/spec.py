@@ -97,7 +97,7 @@ class ConvSpec:
         ``_output_padding`` stops at ``stride - 1``; the two agree unless dilation > stride, where
         convnd also accepts the larger sizes ``F.conv_transpose`` itself can produce.
         """
-        smallest = replace(self, output_padding=(0,) * self.dims).output_size(input_size)
+        smallest = tuple(n - op for n, op in zip(self.output_size(input_size), self.output_padding))
         largest = tuple(lo + max(s, d) - 1 for lo, s, d in zip(smallest, self.stride, self.dilation))
         size = tuple(output_size)
         if any(not lo <= n <= hi for n, lo, hi in zip(size, smallest, largest)):
@@ -108,6 +108,11 @@ class ConvSpec:
                 reason=f"the sizes reachable from input size {tuple(input_size)}",
             )
         return tuple(n - lo for n, lo in zip(size, smallest))
+
+    def with_output_padding(self, output_padding: Sequence[int]) -> ConvSpec:
+        """This spec with another (already validated) ``output_padding``: the same object for the same value,
+        so the caches keyed by spec (shape checks, plans) keep hitting when a module's ``output_size=`` repeats."""
+        return _with_output_padding(self, tuple(output_padding))
 
     def receptive_field(self) -> tuple[int, ...]:
         """How many input elements one output element depends on, per dim (the dilated window)."""
@@ -374,6 +379,11 @@ def _build_spec(
 
 
 _cached_spec = trace_safe_cache(maxsize=1024)(_build_spec)
+
+
+@trace_safe_cache(maxsize=1024)
+def _with_output_padding(spec: ConvSpec, output_padding: tuple[int, ...]) -> ConvSpec:
+    return replace(spec, output_padding=output_padding)
 
 
 def resolve_kernel(kernel_size: Any, rank: int | None = None, dims: int | None = None) -> tuple[int, ...]:

@@ -34,7 +34,6 @@ import itertools
 import math
 import string
 from collections.abc import Sequence
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -125,12 +124,16 @@ def fold_backward(
         if grad_src is not None:
             g_folded = g_folded.unflatten(1, folded.shape[n_outer + 1 : -rank])
             g_folded = g_folded.unflatten(0, folded.shape[: n_outer + 1])  # as ``folded``: (*out, B, G, C/G, *taps, ..)
-            for tap, windows in _tap_windows(lowering.gather_window, outer, size, out, -first * outer.stride[0]):
+            for tap, windows in lowering.tap_windows(
+                lowering.gather_window, outer, size, out, -first * outer.stride[0]
+            ):
                 if windows is None:
                     continue  # this tap reads only padding in this piece
-                grad_src[tuple(s for s, _ in windows)] += g_folded[
-                    (*(dst for _, dst in windows), Ellipsis, *tap, *(slice(None),) * rank)
-                ]
+                # add_ on the view, not ``+=`` (a setitem on grad_src: under create_graph it fails when the
+                # view is the whole tensor, as tapsum's comment on the same trap says)
+                grad_src[tuple(s for s, _ in windows)].add_(
+                    g_folded[(*(dst for _, dst in windows), Ellipsis, *tap, *(slice(None),) * rank)]
+                )
         del folded, gy, g_folded
     grad_x = None
     if grad_src is not None:
@@ -150,20 +153,6 @@ def _channels_last(t: torch.Tensor, channel_axis: int) -> torch.Tensor:
     return t.movedim(channel_axis, -1).contiguous().movedim(-1, channel_axis)
 
 
-@trace_safe_cache(maxsize=1024)
-def _tap_windows(step, outer: ConvSpec, size: tuple[int, ...], out: tuple[int, ...], low_shift: int) -> tuple:
-    """Each outer tap with its per-dim (input, output) slices from ``step`` (``lowering.gather_window`` or
-    ``scatter_window``), None where the tap touches only padding, for a piece of ``size`` input and ``out``
-    output positions whose first dim's low padding is ``low_shift`` more than the whole convolution's.
-
-    Cached: pure arithmetic on shapes (a 5-d fold's 9 taps per piece: 4% of its time, measured A/B).
-    """
-    shifted = replace(outer, padding=((outer.padding[0][0] + low_shift, 0), *outer.padding[1:]))
-    return tuple(
-        (tap, _windows(step, tap, size, out, shifted)) for tap in itertools.product(*(range(k) for k in outer.kernel))
-    )
-
-
 def _folded(src: torch.Tensor, outer: ConvSpec, out: tuple[int, ...], first: int, size) -> torch.Tensor:
     """The folded input of output rows ``first ..`` (``out[0]`` of them) of the first outer dim:
     (*out, B, G, C/G, *outer_taps, *inner), zero where a tap reads outer padding."""
@@ -174,7 +163,7 @@ def _folded(src: torch.Tensor, outer: ConvSpec, out: tuple[int, ...], first: int
     order = (*range(n_outer + 1), *range(len(shape) - rank, len(shape)), *range(n_outer + 1, len(shape) - rank))
     buf = src.new_zeros(tuple(shape[a] for a in order)).permute(tuple(order.index(a) for a in range(len(shape))))
     # output rows first.. are the output of a conv whose low padding starts ``first`` strides later
-    for tap, windows in _tap_windows(
+    for tap, windows in lowering.tap_windows(
         lowering.gather_window, outer, tuple(size[:n_outer]), out, -first * outer.stride[0]
     ):
         if windows is not None:
@@ -225,7 +214,7 @@ def spread(
         xs = src[first : first + rows].reshape((frames * batch, channels, *x.shape[2 + n_outer :]))
         slabs = lowering.native_lowered(xs, w, None, inner)
         slabs = slabs.reshape((rows, *in_outer[1:], batch, groups, per_group_out, *outer.kernel, *y.shape[-rank:]))
-        for tap, windows in _tap_windows(step, outer, (rows, *in_outer[1:]), out_outer, shift * first):
+        for tap, windows in lowering.tap_windows(step, outer, (rows, *in_outer[1:]), out_outer, shift * first):
             if windows is not None:
                 slab = slabs[(*(s for s, _ in windows), Ellipsis, *tap, *(slice(None),) * rank)]
                 y_outer[tuple(dst for _, dst in windows)].add_(slab)
@@ -250,23 +239,9 @@ def _taps_as_outputs(weight: torch.Tensor, spec: ConvSpec, n_outer: int) -> torc
     return w.reshape((rows * taps, cols, *inner_k))
 
 
-def _windows(step, tap, size, out, outer: ConvSpec):
-    """Per outer dim, the (source, destination) slices of one tap, or None when it touches only padding."""
-    windows = [
-        step(t, n, o, s, d, lo)
-        for t, n, o, s, d, (lo, _) in zip(tap, size, out, outer.stride, outer.dilation, outer.padding)
-    ]
-    return None if any(w is None for w in windows) else windows
-
-
 def _outer_first(n_outer: int, lead: int, rank: int) -> tuple[int, ...]:
     """Permutation moving ``n_outer`` spatial dims (after ``lead`` leading dims) to the front."""
     return (*range(lead, lead + n_outer), *range(lead), *range(lead + n_outer, lead + n_outer + rank))
-
-
-def _batch_first(n_outer: int, rank: int) -> tuple[int, ...]:
-    """Inverse of moving the outer dims in front of (batch, channels)."""
-    return (n_outer, n_outer + 1, *range(n_outer), *range(n_outer + 2, n_outer + 2 + rank))
 
 
 # --- band: outer dims into the channels -----------------------------------------------
@@ -312,7 +287,7 @@ def band_weight(weight: torch.Tensor, outer: ConvSpec, size: tuple[int, ...], ou
     inner_k = weight.shape[2 + outer.dims :]
     flat = weight.reshape((rows, cols, math.prod(outer.kernel), *inner_k))
     padded = torch.cat((flat, flat.new_zeros((rows, cols, 1, *inner_k))), dim=2)  # the zero past the last tap
-    pairs = padded.index_select(2, torch.tensor(_band_index(outer, size, out), device=weight.device))
+    pairs = padded.index_select(2, torch.tensor(_band_index(outer, size, out), dtype=torch.long, device=weight.device))
     # forward: (C_out, C/G, out, size); transposed: (C_in, C_out/G, size, out) -- the first position joins the rows
     first, second = (size, out) if outer.transposed else (out, size)
     pairs = pairs.reshape((rows, cols, math.prod(first), math.prod(second), *inner_k)).transpose(1, 2)
@@ -438,8 +413,7 @@ def _unfold_transposed(
         y = full[(Ellipsis, *(slice(lo, lo + o) for lo, o in zip(low, out)))]
     else:  # col2im: each tap's columns added where they land, as the transposed tap sum scatters
         y = x.new_zeros((batch, groups, per_group_out, *out))
-        for tap in itertools.product(*(range(k) for k in spec.kernel)):
-            windows = _windows(lowering.scatter_window, tap, size, out, spec)
+        for tap, windows in lowering.tap_windows(lowering.scatter_window, spec, tuple(size), tuple(out)):
             if windows is not None:
                 y[(Ellipsis, *(dst for _, dst in windows))].add_(cols[(Ellipsis, *(src for src, _ in windows), *tap)])
     y = y.reshape((batch, groups * per_group_out, *out))
@@ -459,6 +433,8 @@ def fft(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: 
     and output o is circular position ``o * stride - low`` (mod the size). The transforms
     of a small kernel skip most of its zero fill (see :func:`_transform`).
     """
+    if x.shape[0] == 0:  # nothing to transform (oneMKL refuses empty transforms): the exact GEMM form's empty result
+        return unfold(x, weight, bias, spec, rank)
     del rank
     if x.dtype in _NO_FFT:  # torch.fft has no half/bfloat16 kernels on CPU (and few on CUDA): transform in float32
         b = None if bias is None else bias.float()
@@ -498,12 +474,19 @@ _NO_FFT = (torch.float16, torch.bfloat16)
 
 
 def fft_sizes(spec: ConvSpec, size: Sequence[int]) -> tuple[int, ...]:
-    """Per dim, the transform size of :func:`fft`: the smallest fast size that holds the kernel's window
-    and the input with its longer padding side, so every tap that reads padding lands on zeros
-    (``n + max(low, high)``, not ``n + low + high``)."""
+    """Per dim, the transform size of :func:`fft`: the smallest fast size that holds the kernel's window,
+    the input with its longer padding side, so every tap that reads padding lands on zeros
+    (``n + max(low, high)``, not ``n + low + high``), and every output position (``n + low + high -
+    window + 1``, longer when both sides pad at least a window)."""
     return tuple(
-        _fast_size(max(m + max(lo, hi), window)) for m, (lo, hi), window in zip(size, spec.padding, spec.window)
+        _fast_size(max(m + fft_margin(lo, hi, window), window))
+        for m, (lo, hi), window in zip(size, spec.padding, spec.window)
     )
+
+
+def fft_margin(low: int, high: int, window: int) -> int:
+    """How much longer than the input :func:`fft_sizes` makes a transform (before rounding to a fast size)."""
+    return max(low, high, low + high - window + 1)
 
 
 def _transform(t: torch.Tensor, size: tuple[int, ...], real: bool, pruned: bool = False) -> torch.Tensor:
