@@ -394,6 +394,18 @@ BAD_INPUTS = [
         ConvndValueError,
         "weight must be a tensor of the input's dtype torch.float64, got a tensor of shape (3, 2, 3, 3) and dtype torch.float32 (convnd does not mix dtypes)",
     ),
+    (
+        "make_spec with an int kernel",
+        lambda: convnd.make_spec(3),
+        ConvndValueError,
+        "kernel_size must be a tuple (one size per spatial dim) when dims= is not given, got 3 (ConvNd cannot tell the number of spatial dims from an int)",
+    ),
+    (
+        "make_spec with an empty kernel",
+        lambda: convnd.make_spec(()),
+        ConvndValueError,
+        "kernel_size must be a non-empty tuple of ints >= 1, got ()",
+    ),
 ]
 
 

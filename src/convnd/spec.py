@@ -353,8 +353,8 @@ def _build_spec(
     transposed: bool,
     output_padding: Any,
 ) -> ConvSpec:
+    kernel = resolve_kernel(kernel)  # a non-empty tuple of ints >= 1: its length is the rank
     dims = len(kernel)
-    kernel = as_tuple("kernel_size", kernel, dims, minimum=1)
     stride = as_tuple("stride", stride, dims, minimum=1)
     dilation = as_tuple("dilation", dilation, dims, minimum=1)
     groups = as_int("groups", groups, minimum=1)
