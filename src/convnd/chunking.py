@@ -90,7 +90,7 @@ def run_within(
         for rows in _split(x.shape[0], math.ceil(x.shape[0] / per_piece)):
             y[rows] = lowering.lowered(x[rows], weight, None, spec, how)
     if bias is not None:
-        y = y + bias.reshape((-1,) + (1,) * spec.dims)
+        y = y.add_(bias.reshape((-1,) + (1,) * spec.dims))  # in place: y is this call's own buffer
     return y
 
 

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from . import lowering, selection
+from . import lowering, selection, transposes
 from .caching import trace_safe_cache
 from .padding import pad_nd, torch_pad_order
 from .spec import ConvSpec, make_spec
@@ -150,7 +150,8 @@ def _row_runs(rows: int, pieces: int) -> list[tuple[int, int]]:
 
 def _channels_last(t: torch.Tensor, channel_axis: int) -> torch.Tensor:
     """A copy of ``t`` with ``channel_axis`` innermost in memory (same shape): a channels_last batch, any rank."""
-    return t.movedim(channel_axis, -1).contiguous().movedim(-1, channel_axis)
+    order = (*(d for d in range(t.dim()) if d != channel_axis), channel_axis)
+    return transposes.permuted_copy(t, order).movedim(-1, channel_axis)
 
 
 def _folded(src: torch.Tensor, outer: ConvSpec, out: tuple[int, ...], first: int, size) -> torch.Tensor:
