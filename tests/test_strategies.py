@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import convnd
-from convnd import lowering, reference, selection, strategies
+from convnd import lowering, reference, selection, strategies, transposes
 from convnd.spec import make_spec
 
 STRATEGIES = ("tapsum", "fold", "unfold", "fft", "band", "spread")
@@ -371,3 +371,41 @@ def test_every_strategy_is_exact_in_the_corners(name, case, kernel, kw, max_memo
     with convnd.strategy(name, max_memory=max_memory):
         y = convnd.conv(x, w, **kw)
     np.testing.assert_allclose(y.numpy(), _oracle(x, w, None, kw), rtol=0, atol=1e-10)
+
+
+# tapsum's channels-last path (16 or more input channels): its running sum starts from the result of a tap that
+# covers every output (kernel 3, padding 1) or from zeros (kernel 2, padding 1: no tap does); 32 depthwise channels
+# on 4 KiB planes also take the two-pass copy into channels-last memory (transposes.py)
+CHANNELS_LAST_TAPSUM = [
+    ("a full tap starts the sum", (2, 16, 5, 4, 4, 4), (8, 16, 3, 3, 3, 3), {"padding": 1}),
+    ("no full tap: zeros start it", (2, 16, 5, 4, 4, 4), (8, 16, 2, 2, 2, 2), {"padding": 1}),
+    ("depthwise, two-pass copy", (2, 32, 4, 8, 16, 16), (32, 1, 3, 3, 3, 3), {"padding": 1, "groups": 32}),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "x_shape", "w_shape", "kw"), CHANNELS_LAST_TAPSUM, ids=[c[0] for c in CHANNELS_LAST_TAPSUM]
+)
+def test_channels_last_tapsum_is_exact_with_both_backwards(case, x_shape, w_shape, kw):
+    gen = torch.Generator().manual_seed(2)
+    x, w = (
+        torch.randn(x_shape, generator=gen, dtype=torch.float64),
+        torch.randn(w_shape, generator=gen, dtype=torch.float64),
+    )
+    b = torch.randn(w_shape[0], generator=gen, dtype=torch.float64)
+    outer_first_channels_last = (2, 0, 3, 4, 5, 1)  # tapsum's copy of x
+    assert (transposes.two_pass_order(x, outer_first_channels_last) is not None) == (case == "depthwise, two-pass copy")
+    g = torch.randn(convnd.conv(x, w, b, **kw).shape, generator=gen, dtype=torch.float64)
+    grads = {}
+    # autograd through the tap sum (its in-place adds into the full tap's result) and the custom backward, against
+    # autograd through unfold, which shares no code with it
+    for name, custom in (("tapsum", False), ("tapsum", True), ("unfold", False)):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        with convnd.strategy(name, custom_backward=custom, max_memory=1 << 30):  # one piece: pieces pad differently
+            y = convnd.conv(*leaves, **kw)
+        if name == "tapsum" and not custom:
+            np.testing.assert_allclose(y.detach().numpy(), _oracle(x, w, b, kw), rtol=0, atol=1e-10)
+        grads[name, custom] = torch.autograd.grad(y, leaves, g)
+    for tapsum in (("tapsum", False), ("tapsum", True)):
+        for mine, theirs in zip(grads[tapsum], grads["unfold", False]):
+            torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-9)

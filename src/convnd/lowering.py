@@ -262,7 +262,7 @@ def _tapsum(
     if channels >= 16 and not spec.transposed:
         # channels innermost (input and running sum): each tap's slice is a channels_last batch that oneDNN convolves
         # without reorders, its result added in the same layout. Measured 1.1-1.4x faster with 16 or more channels
-        # (depthwise 3-14x per call), slower with 4 or 8, where oneDNN's blocked kernels win.
+        # (depthwise about 3x per call), slower with 4 or 8, where oneDNN's blocked kernels win.
         last = (*range(2, 2 + n_outer), 0, *range(2 + n_outer, 2 + spec.dims), 1)
         back = (*range(n_outer + 1), spec.dims + 1, *range(n_outer + 1, spec.dims + 1))
         xp = transposes.permuted_copy(x, last).permute(back)
