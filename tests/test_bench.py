@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import platform
 import subprocess
 import sys
 
@@ -115,6 +116,8 @@ def test_quick_cli_run_prints_tables_and_a_plot(tmp_path):
         env=env, capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     assert "float32 GEMM timed in the same rounds" in done.stdout
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert ("malloc keeps freed memory" if glibc else "system malloc") in done.stdout
     assert "4d-tiny: 4-d" in done.stdout and "3d-tiny: 3-d" in done.stdout
     assert "geometric-mean speed-up of convnd (forward)" in done.stdout
     assert "[#" not in done.stdout  # the progress bar never goes into the tables
@@ -122,10 +125,44 @@ def test_quick_cli_run_prints_tables_and_a_plot(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_each_timed_sample_follows_an_untimed_call_of_the_same_step():
+    # a sample must not pay for what the previous implementation left behind (a GEMM's evicted caches)
+    log = []
+    steps = {name: (lambda name=name: log.append(name)) for name in "abc"}
+    medians = bench.time_side_by_side(steps, rounds=4)
+    assert set(medians) == {"a", "b", "c"}
+    assert len(log) == 2 * 3 * 4
+    assert all(log[i] == log[i + 1] for i in range(0, len(log), 2))  # pairs: untimed, then timed
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt"
+)
+def test_keep_freed_memory_stops_page_faults_on_reallocation():
+    # in a fresh process: a freed 64 MiB block is reused without touching new pages
+    code = """
+import resource, torch
+from convnd import bench
+print(bench.keep_freed_memory())
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(1 << 24)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults()
+print(faults())
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
+    said, count = done.stdout.split("\n")[:2]
+    assert said == "malloc keeps freed memory"
+    assert int(count) < 100  # 64 MiB of fresh pages would be 16384 faults
+
+
 def test_no_geometric_mean_line_when_only_native_ranks_ran():
     out = io.StringIO()
     tiny = bench.find("3d-tiny")
-    bench.run_benchmarks([tiny], modes=[False], rounds=1, strategies=False, gemm=64, out=out)
+    bench.run_benchmarks([tiny], modes=[False], rounds=1, strategies=False, gemm=64, out=out, system_malloc=True)
+    assert "threads, system malloc;" in out.getvalue()
     assert f"{tiny.name}: 3-d" in out.getvalue()
     assert "geometric-mean" not in out.getvalue()
 

@@ -17,9 +17,12 @@ work. Peers are imported here only, when the benchmark runs:
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import importlib.util
 import itertools
 import math
+import platform
 import random
 import statistics
 import sys
@@ -252,21 +255,23 @@ def _step(run: Runner, x: torch.Tensor, weight: torch.Tensor, backward: bool, ca
 def time_side_by_side(
     steps: dict[str, Callable[[], None]], rounds: int, progress: Callable[[], None] | None = None
 ) -> dict[str, float]:
-    """Median seconds of each step over ``rounds`` interleaved rounds (after one warm-up run each).
+    """Median seconds of each step over ``rounds`` interleaved rounds, each sample in steady state.
 
-    Each round runs every step once, in a fresh (seeded) order, so slow drifts of a shared
-    machine and who-runs-after-whom effects hit every step alike.
+    Each round runs every step in a fresh (seeded) order, so slow drifts of a shared machine
+    hit every step alike. Within a round each step runs twice back to back and only the second
+    run is timed: the first absorbs what the previous step left behind (a 1536^3 GEMM or JAX's
+    call evicts the caches and leaves its worker threads spinning, measured to slow the next
+    call by 0.6-1 ms), which a random order does not spread evenly over few rounds (measured:
+    one implementation followed JAX 14 times in 30 rounds, another 4 times). A timed call thus
+    sees what a call inside a loop sees: its own previous call.
     """
-    for step in steps.values():
-        step()
     samples: dict[str, list[float]] = {name: [] for name in steps}
     names = list(steps)
     order = random.Random(0)
     for _ in range(rounds):
-        # a fresh order each round: whoever runs right after the GEMM (or after another workload) runs
-        # measurably slower, and with a fixed cyclic order that was always the same implementation
         order.shuffle(names)
         for name in names:
+            steps[name]()  # untimed: the state a loop of this call is in
             start = time.perf_counter()
             steps[name]()
             samples[name].append(time.perf_counter() - start)
@@ -500,6 +505,26 @@ def geometric_mean_speedup(results: Sequence[Result]) -> dict[str, float]:
 FASTEST = "fastest peer"
 
 
+def keep_freed_memory() -> str:
+    """Tell glibc's malloc to keep freed memory in the process (fixed thresholds, as with ``MALLOC_TRIM_THRESHOLD_``
+    and ``MALLOC_MMAP_THRESHOLD_``); returns what the table header says about the allocator.
+
+    By default glibc maps large blocks fresh and hands freed ones back, adjusting its thresholds
+    as it goes, so whether a call's buffers cost page faults depends on what ran before it: on
+    the README's VM a fault costs 1.5-2 us per 4 KiB page, and one forward+backward measured
+    from 1 to 3160 faults per call in different processes. A caching allocator (PyTorch's CPU
+    tuning guide recommends jemalloc or tcmalloc) reuses freed memory; this is glibc's own
+    version of that, for every implementation in the run alike. ``--system-malloc`` skips it.
+    """
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return "system malloc"
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    trim, mmap = -1, -3  # M_TRIM_THRESHOLD, M_MMAP_THRESHOLD (malloc.h)
+    if libc.mallopt(trim, 1 << 30) != 1 or libc.mallopt(mmap, 1 << 30) != 1:
+        return "system malloc"
+    return "malloc keeps freed memory"
+
+
 class Progress:
     """A one-line progress bar on stderr, drawn only when stderr is a terminal (logs stay clean)."""
 
@@ -533,13 +558,19 @@ def run_benchmarks(
     strategies: bool,
     gemm: int = 1536,
     out: Any = None,
+    system_malloc: bool = False,
 ) -> list[Result]:
-    """Benchmark every workload in every mode, printing each table as it completes."""
+    """Benchmark every workload in every mode, printing each table as it completes.
+
+    Unless ``system_malloc``, glibc's malloc is first told to keep freed memory (:func:`keep_freed_memory`).
+    """
     out = out or sys.stdout
     progress = Progress(len(workloads) * len(modes) * rounds)
+    allocator = "system malloc" if system_malloc else keep_freed_memory()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {rounds} interleaved rounds; "
-        f"'of GEMM': fraction of a {gemm}^3 float32 GEMM timed in the same rounds",
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {allocator}; medians of {rounds} interleaved "
+        f"rounds, each a call after an untimed one; 'of GEMM': fraction of a {gemm}^3 float32 GEMM timed in the same "
+        "rounds",
         file=out,
     )
     results = []
@@ -577,6 +608,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="FILE.png", default=None, help="draw the results as a bar chart")
     parser.add_argument("--memory", action="store_true", help="also measure peak extra memory of each forward")
     parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc's malloc returning freed memory to the system (page faults in the timings)",
+    )
+    parser.add_argument(
         "--replot",
         metavar="RESULTS.txt",
         default=None,
@@ -598,7 +634,9 @@ def run_cli(args: argparse.Namespace) -> int:
     rounds = args.rounds or (2 if args.quick else 7)
     modes = {"forward": (False,), "backward": (True,), "both": (False, True)}[args.mode]
     gemm = 256 if args.quick else 1536
-    results = run_benchmarks(workloads, modes=modes, rounds=rounds, strategies=args.strategies, gemm=gemm)
+    results = run_benchmarks(
+        workloads, modes=modes, rounds=rounds, strategies=args.strategies, gemm=gemm, system_malloc=args.system_malloc
+    )
     if args.memory:
         for w in workloads:
             if w.dims > 3 and sys.platform.startswith("linux"):
