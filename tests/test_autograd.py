@@ -172,3 +172,90 @@ def test_a_bias_only_gradient_runs_no_folded_backward(monkeypatch):
         assert calls == [1]
         convnd.conv(x.detach(), w.detach(), b).sum().backward()
     assert calls == [1]  # the bias gradient is a sum: no folded input rebuilt for it
+
+
+# phase_backward (16 or more input channels per group, output no larger than the input): (id, x shape, w shape,
+# kwargs, max_memory: one piece unless the case is about pieces); fold's forward runs, its gradients from the phases
+ONE_PIECE = 1 << 30
+PHASE_CASES = [
+    ("stride 2", (2, 16, 5, 4, 4, 3), (8, 16, 3, 3, 3, 3), {"stride": 2, "padding": 1}, ONE_PIECE),
+    ("stride 3 over a kernel of 2: unread frames",
+     (1, 16, 7, 3, 3, 3), (4, 16, 2, 3, 3, 3), {"stride": (3, 1, 1, 1)}, ONE_PIECE),
+    ("dilated, asymmetric padding",
+     (1, 16, 6, 3, 4, 3), (8, 16, 2, 2, 2, 2), {"dilation": 2, "padding": ((2, 0), 1, 0, 1)}, ONE_PIECE),
+    ("groups",
+     (1, 32, 4, 3, 3, 3), (16, 16, 3, 2, 2, 2), {"groups": 2, "padding": 1, "stride": (2, 1, 1, 1)}, ONE_PIECE),
+    ("two outer dims",
+     (1, 16, 4, 5, 3, 3, 3), (8, 16, 3, 2, 3, 1, 3), {"stride": (1, 2, 1, 1, 1), "padding": 1}, ONE_PIECE),
+    ("reflect", (1, 16, 4, 3, 4, 3), (16, 16, 3, 3, 3, 3), {"padding": 1, "padding_mode": "reflect"}, ONE_PIECE),
+    ("in pieces", (2, 16, 7, 3, 4, 3), (8, 16, 3, 3, 3, 3), {"stride": (2, 1, 1, 1), "padding": 1}, 20_000),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "x_shape", "w_shape", "kw", "max_memory"), PHASE_CASES, ids=[c[0] for c in PHASE_CASES]
+)
+def test_phase_backward_equals_autograd_through_unfold(case, x_shape, w_shape, kw, max_memory, monkeypatch):
+    ran = {"phase": [], "fold": []}
+    for name, attr in (("phase", "phase_backward"), ("fold", "fold_backward")):
+        real = getattr(convnd.strategies, attr)
+        monkeypatch.setattr(
+            convnd.strategies, attr, lambda *a, real=real, name=name: ran[name].append(a[5]) or real(*a)
+        )
+    # uninitialized buffers hold NaN here, so an element the phases leave unwritten cannot pass as a zero
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda t, size, **kw: t.new_full(size, float("nan"), **kw))
+    gen = torch.Generator().manual_seed(4)
+    x0, w0 = (torch.randn(s, generator=gen, dtype=torch.float64) for s in (x_shape, w_shape))
+    b0 = torch.randn(w_shape[0], generator=gen, dtype=torch.float64)
+    g = torch.randn(convnd.conv(x0, w0, b0, **kw).shape, generator=gen, dtype=torch.float64)
+    grads = {}
+    for name, custom in (("fold", True), ("unfold", False)):
+        leaves = [t.clone().requires_grad_() for t in (x0, w0, b0)]
+        # the first dims lowered (the planner would keep the longest native), so the strides above are the phases'
+        with convnd.strategy(
+            name, custom_backward=custom, max_memory=max_memory, native_axes=range(len(x_shape) - 5, len(x_shape) - 2)
+        ):
+            grads[name] = torch.autograd.grad(convnd.conv(*leaves, **kw), leaves, g)
+    assert ran["fold"] == [] and len(ran["phase"]) == 1
+    assert (ran["phase"][0] > 1) == (max_memory != ONE_PIECE)  # the pieces
+    for ours, theirs in zip(grads["fold"], grads["unfold"]):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("needs", [(True, False), (False, True)], ids=["input only", "weight only"])
+def test_phase_backward_computes_only_the_gradients_asked_for(needs):
+    gen = torch.Generator().manual_seed(5)
+    x0, w0 = torch.randn((1, 16, 5, 3, 3, 3), generator=gen), torch.randn((8, 16, 3, 3, 3, 3), generator=gen)
+    x, w = x0.clone().requires_grad_(needs[0]), w0.clone().requires_grad_(needs[1])
+    with convnd.strategy("fold", custom_backward=True):
+        convnd.conv(x, w, stride=2, padding=1).sum().backward()
+    xr, wr = x0.clone().requires_grad_(needs[0]), w0.clone().requires_grad_(needs[1])
+    with convnd.strategy("unfold", custom_backward=False):
+        convnd.conv(xr, wr, stride=2, padding=1).sum().backward()
+    for ours, theirs, needed in ((x.grad, xr.grad, needs[0]), (w.grad, wr.grad, needs[1])):
+        assert (ours is not None) == needed
+        if needed:
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_phase_backward_passes_gradcheck_and_gradgradcheck(stride):
+    # stride 1: one phase covering all of the input gradient (the setitem of a whole-tensor view under create_graph)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn((1, 16, 3, 2, 3, 2), generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn((4, 16, 3, 1, 2, 2), generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w):
+        with convnd.strategy("fold", custom_backward=True, native_axes=(1, 2, 3)):
+            return convnd.conv(x, w, stride=(stride, 1, 1, 1), padding=(1, 0, 1, 0))
+
+    assert gradcheck(f, (x, w), fast_mode=True)
+    assert gradgradcheck(f, (x, w), fast_mode=True)
+
+
+def test_phase_backward_takes_over_from_16_channels_where_the_output_is_no_larger():
+    pays = convnd.selection.phase_backward_pays
+    assert pays((2, 16, 10, 10, 20, 20), (32, 16, 3, 3, 3, 3), 2 * 32 * 5 * 5 * 10 * 10)  # the bench's 4d-strided
+    assert not pays((2, 8, 10, 10, 20, 20), (8, 8, 3, 3, 3, 3), 2 * 8 * 5 * 5 * 10 * 10)  # 8 channels
+    assert not pays((2, 16, 8, 8, 16, 16), (32, 16, 3, 3, 3, 3), 2 * 32 * 8 * 8 * 16 * 16)  # output twice the input
+    assert pays((1, 16, 8, 16, 16, 16), (16, 16, 3, 3, 3, 3), 16 * 8 * 16 * 16 * 16)  # equal sizes

@@ -135,11 +135,10 @@ def test_each_timed_sample_follows_an_untimed_call_of_the_same_step():
     assert all(log[i] == log[i + 1] for i in range(0, len(log), 2))  # pairs: untimed, then timed
 
 
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt"
-)
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 def test_keep_freed_memory_stops_page_faults_on_reallocation():
-    # in a fresh process: a freed 64 MiB block is reused without touching new pages
+    # in a fresh process: once warm, a 64 MiB block allocated and freed again and again is reused, not mapped anew
+    # (glibc's default maps every block over 32 MiB fresh: 16384 faults each time)
     code = """
 import resource, torch
 from convnd import bench
@@ -148,14 +147,13 @@ def faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.ones(1 << 24)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-faults()
-print(faults())
+print([faults() for _ in range(8)])
 """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
-    said, count = done.stdout.split("\n")[:2]
+    said, counts = done.stdout.split("\n")[:2]
     assert said == "malloc keeps freed memory"
-    assert int(count) < 100  # 64 MiB of fresh pages would be 16384 faults
+    assert sum(int(n) for n in counts.strip("[]").split(",")[4:]) < 400, counts
 
 
 def test_no_geometric_mean_line_when_only_native_ranks_ran():

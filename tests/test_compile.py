@@ -165,3 +165,16 @@ def test_every_strategy_in_pieces_compiles_to_one_bit_identical_graph(name: str,
         got = _forward_backward(torch.compile(module, fullgraph=True, backend="aot_eager"), x)
     for what, g, e in zip(["output", "input grad", "weight grad", "bias grad"], got, expected):
         assert torch.equal(g, e), f"{name}: {what} differs"
+
+
+@pytest.mark.parametrize("name", ["fold", "spread"])
+def test_phase_backward_and_strided_spread_compile_to_one_bit_identical_graph(name: str, device) -> None:
+    # 16 input channels: the gradients come from strategies.phase_backward; spread's forward runs per phase (stride 2)
+    torch.manual_seed(0)
+    module = Functional(convnd.conv, (4, 16, 3, 2, 3, 2), stride=(2, 1, 2, 1), padding=1).to(device)
+    x = torch.randn((2, 16, 5, 4, 5, 3), device=device)
+    with convnd.strategy(name, custom_backward=True, native_axes=(1, 2, 3)):
+        expected = _forward_backward(module, x)
+        got = _forward_backward(torch.compile(module, fullgraph=True, backend="aot_eager"), x)
+    for what, g, e in zip(["output", "input grad", "weight grad", "bias grad"], got, expected):
+        assert torch.equal(g, e), f"{name}: {what} differs"

@@ -97,15 +97,19 @@ def fold_grads(
     how: lowering.Plan,
     needs: tuple[bool, bool],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The input and weight gradients of a ``fold`` (or ``spread``) plan: :func:`convnd.strategies.fold_backward`,
-    in the plan's dim order and in the pieces fold's forward runs in."""
+    """The input and weight gradients of a ``fold`` (or ``spread``) plan, in the plan's dim order:
+    :func:`convnd.strategies.phase_backward` where :func:`convnd.selection.phase_backward_pays` (in pieces
+    within the budget), else :func:`convnd.strategies.fold_backward` (in the pieces fold's forward runs in)."""
     order = selection.axis_order(spec.dims, how.native_rank, how.native_axes)
     back = tuple(order.index(a) for a in range(spec.dims))
     how = replace(how, strategy="fold")
-    pieces = chunking.fold_pieces(x, weight, spec, how)
-    grad_x, grad_w = strategies.fold_backward(
-        *(lowering.move_axes(t, order) for t in (grad, x, weight)), spec.select(order), how.native_rank, pieces, needs
-    )
+    if selection.phase_backward_pays(tuple(x.shape), tuple(weight.shape), grad.numel()):
+        pieces = selection.phase_pieces(spec, how, tuple(x.shape), tuple(weight.shape), x.element_size())
+        backward = strategies.phase_backward
+    else:
+        pieces, backward = chunking.fold_pieces(x, weight, spec, how), strategies.fold_backward
+    moved = (lowering.move_axes(t, order) for t in (grad, x, weight))
+    grad_x, grad_w = backward(*moved, spec.select(order), how.native_rank, pieces, needs)
     return tuple(None if g is None else lowering.move_axes(g, back) for g in (grad_x, grad_w))
 
 

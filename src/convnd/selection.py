@@ -154,6 +154,41 @@ def custom_backward_pays(spec: ConvSpec, rank: int, name: str = "tapsum", macs: 
 FOLD_BACKWARD_MIN_MACS = {"fold": 20_000_000, "spread": 2_000_000}
 
 
+def phase_backward_pays(x_shape: Sequence[int], w_shape: Sequence[int], out_numel: int) -> bool:
+    """Whether a ``fold`` or ``spread`` plan's gradients come from :func:`convnd.strategies.phase_backward`
+    rather than :func:`convnd.strategies.fold_backward`: at least :data:`PHASE_MIN_CHANNELS` input
+    channels per group and an output no larger than the input.
+
+    Phase's buffers scale with the output, fold's with the input, and phase's native call sees
+    the plain input channels where fold's sees them times the taps. Measured A/B (both gradients,
+    ten 4-d shapes): 1.35-1.47x faster with stride 2 and 16 channels, 1.1x on the bench's 4d-wide,
+    1.0-1.12x with 32 channels; 0.63-0.81x with 4 or 8 input channels (stride 2 included), 0.89x
+    where the output is twice the input.
+    """
+    return w_shape[1] >= PHASE_MIN_CHANNELS and out_numel <= math.prod(x_shape)
+
+
+PHASE_MIN_CHANNELS = 16
+
+
+def phase_pieces(
+    spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int], itemsize: int
+) -> int:
+    """How many runs of frames (first outer dim) each phase of :func:`convnd.strategies.phase_backward` runs in,
+    so that one run's buffers (the gathered output gradient, the phase's input and its gradient) fit the
+    plan's budget; one frame per run at most. Bounded above by the largest phase's frames and taps."""
+    g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
+    moved, n_outer, inner_shape = g["spec"], g["n_outer"], g["inner_shape"]
+    outer = moved.select(range(n_outer))
+    frames = [math.ceil(n / s) for n, s in zip(g["outer_shape"], outer.stride)]
+    taps = math.prod([math.ceil(k * d / s) for k, d, s in zip(outer.kernel, outer.dilation, outer.stride)])
+    out_inner = math.prod(moved.select(range(n_outer, moved.dims)).output_size(inner_shape))
+    buffers = taps * g["out_channels"] * out_inner + 2 * g["channels"] * math.prod(inner_shape)
+    per_frame = g["batch"] * math.prod(frames[1:]) * buffers
+    fit = max(1, int(chunking.budget_bytes(g["in"], g["out"], itemsize, how) // (per_frame * itemsize)))
+    return math.ceil(frames[0] / min(fit, frames[0]))
+
+
 def symbolic(shape: Sequence[Any]) -> bool:
     """Whether a traced size is a ``torch.SymInt`` (dynamic shapes, an export ``Dim``).
 
@@ -222,6 +257,7 @@ def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_sh
         "first_in": spatial[0] + (sum(spec.padding[0]) if spec.padding_mode != "zeros" else 0),
         "outer_rest": math.prod(spatial[1:n_outer]),  # frames of the other outer dims
         "inner_shape": spatial[n_outer:],
+        "outer_shape": spatial[:n_outer],
         "weight": math.prod(w_shape),
         "outer_in": math.prod(spatial[:n_outer]),
         "inner_in": math.prod(spatial[n_outer:]),
@@ -253,15 +289,31 @@ def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_sh
         * math.prod(out[:n_outer])
         * math.prod(spatial[:n_outer])
         * math.prod(spec.kernel[n_outer:]),
-        # spread's native output: every outer tap's slab of every input frame (output-sized otherwise)
+        # spread's native output: every outer tap's slab of every input frame (output-sized otherwise); a forward
+        # one over strided outer dims computes per phase only the taps that read it (strategies._spread_phases)
         "slabs": batch
         * out_channels
         * math.prod(out[n_outer:])
-        * math.prod(spatial[:n_outer])
-        * math.prod(spec.kernel[:n_outer]),
+        * math.prod(
+            [  # a list, not a generator: dynamo cannot pass a generator to math.prod
+                n * k if spec.transposed else _phase_products(n, k, s, d, lo)
+                for n, k, s, d, (lo, _) in zip(spatial, spec.kernel, spec.stride, spec.dilation, spec.padding[:n_outer])
+            ]
+        ),
         # what unfold and fft compute: a transposed convolution as the forward one over zero-spaced input
         "dense_macs": batch * out_channels * per_group_in * math.prod(spec.kernel) * math.prod(out),
     }
+
+
+def _phase_products(size: int, kernel: int, stride: int, dilation: int, low: int) -> int:
+    """Along one outer dim: (frame, tap) pairs where the tap reads the frame's phase, summed over phases
+    (``size * kernel`` with stride 1)."""
+    return sum(
+        [
+            len(range(r, size, stride)) * sum([(r - t * dilation + low) % stride == 0 for t in range(kernel)])
+            for r in range(stride)
+        ]
+    )
 
 
 def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int]) -> int:

@@ -142,6 +142,123 @@ def fold_backward(
     return grad_x, None if grad_w is None else grad_w.reshape(weight.shape)
 
 
+def phase_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    spec: ConvSpec,
+    rank: int,
+    pieces: int,
+    needs: tuple[bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The input and weight gradients of a convolution lowered over its outer dims (symmetric zero padding),
+    as :func:`spread`'s adjoint: one native backward call per phase of the input frames, no col2im.
+
+    Input frame ``f = o * stride + t * dilation - low`` of an outer dim is read by output ``o`` through
+    tap ``t``; the frames with one residue ``f mod stride`` (a phase) are read only by the taps ``t``
+    with ``t * dilation - low`` of that residue, output ``o = j + shift(t)`` reading the phase's frame
+    ``j``. So per phase, the output gradient frames each tap pairs up are gathered into the channels
+    (taps after each output channel, as :func:`spread`'s weight has them), and one native backward call
+    of the phase's frames against that gathered gradient gives the phase's input gradient, every tap
+    summed inside its GEMM and written where it belongs, and the weight gradient of the phase's taps.
+    The buffers are output-sized (``taps / stride`` of them per outer dim) where :func:`fold_backward`'s
+    are input-sized plus a col2im, which wins where the output is smaller than the input: strided
+    outer dims. ``pieces`` > 1 splits each phase's frames of the first outer dim into runs.
+    """
+    n_outer = spec.dims - rank
+    outer, inner = spec.select(range(n_outer)), spec.select(range(n_outer, spec.dims))
+    batch, channels, out_channels = x.shape[0], x.shape[1], weight.shape[0]
+    size = tuple(x.shape[2 : 2 + n_outer])
+    # the outer dims next to the batch: (B, *outer, C, *inner), so a phase's frames flatten into the batch
+    grad_frames = grad.permute(_after_batch(n_outer, rank))
+    grad_x = x.new_empty(x.shape) if needs[0] else None
+    grad_w = torch.zeros_like(weight).flatten(2, 1 + n_outer) if needs[1] else None  # (C_out, C/G, outer taps, ..)
+    for where, frames, taps, w in _phase_calls(weight, outer, size):
+        if 0 in frames:
+            continue  # an outer dim shorter than its stride: no frame has this residue
+        if not taps:  # no tap reads these frames: their gradient is zero
+            if grad_x is not None:
+                grad_x[where] = 0
+            continue
+        x_phase = x[where].permute(_after_batch(n_outer, rank))
+        gx_phase = None if grad_x is None else grad_x[where].permute(_after_batch(n_outer, rank))
+        flat = [t for t, _ in taps]
+        for first, rows in _row_runs(frames[0], pieces):
+            piece = (rows, *frames[1:])
+            count = batch * math.prod(piece)
+            gathered = _gathered(grad_frames, taps, first, piece).reshape((count, -1, *grad.shape[2 + n_outer :]))
+            xs = x_phase[:, first : first + rows].reshape((count, channels, *x.shape[2 + n_outer :]))
+            gxs, gws = lowering.native_backward(gathered, xs, w, inner, needs)
+            if gx_phase is not None:
+                gx_phase[:, first : first + rows] = gxs.reshape((batch, *piece, *gxs.shape[1:]))
+            if grad_w is not None:
+                grad_w[:, :, flat] += gws.reshape((out_channels, len(flat), *gws.shape[1:])).transpose(1, 2)
+            del gathered, xs, gxs, gws  # before the next piece's buffers
+    return grad_x, None if grad_w is None else grad_w.reshape(weight.shape)
+
+
+def _gathered(
+    grad_frames: torch.Tensor, taps: list[tuple[int, tuple[int, ...]]], first: int, piece: tuple[int, ...]
+) -> torch.Tensor:
+    """(B, *piece, C_out, taps, *inner): for frame ``j`` of the phase (``first`` onwards along the first outer
+    dim), the output gradient frame ``j + shift`` of each tap, zero where that lies outside the output."""
+    n_outer = len(piece)
+    out, inner = grad_frames.shape[1 : 1 + n_outer], grad_frames.shape[1 + n_outer :]
+    gathered = grad_frames.new_zeros((grad_frames.shape[0], *piece, inner[0], len(taps), *inner[1:]))
+    for i, (_, shifts) in enumerate(taps):
+        runs = _tap_runs(shifts, first, piece, out)
+        if runs is not None:
+            gathered[(slice(None), *runs[0], slice(None), i)] = grad_frames[(slice(None), *runs[1])]
+    return gathered
+
+
+def _tap_runs(
+    shifts: tuple[int, ...], first: int, piece: tuple[int, ...], out: Sequence[int]
+) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """The phase frames (of a piece starting at frame ``first``) a tap pairs with output frames ``j + shift``,
+    and those output frames, per outer dim; None where none lies inside the output."""
+    shifts = (shifts[0] + first, *shifts[1:])
+    runs = [(max(0, -h), min(n, m - h)) for h, n, m in zip(shifts, piece, out)]
+    if any(lo >= hi for lo, hi in runs):
+        return None
+    return tuple(slice(lo, hi) for lo, hi in runs), tuple(slice(lo + h, hi + h) for (lo, hi), h in zip(runs, shifts))
+
+
+def _after_batch(n_outer: int, rank: int) -> tuple[int, ...]:
+    """Permutation (B, C, *outer, *inner) -> (B, *outer, C, *inner)."""
+    return (0, *range(2, 2 + n_outer), 1, *range(2 + n_outer, 2 + n_outer + rank))
+
+
+def _phase_calls(weight: torch.Tensor, outer: ConvSpec, size: tuple[int, ...]):
+    """Per phase of the input frames (a residue mod stride per outer dim): the index of its frames in
+    (B, C, *outer, *inner), their count per outer dim, its taps as (flat tap, per-dim shift) pairs (the
+    output reading the phase's frame ``j`` through a tap is ``j + shift``), and the native call's weight:
+    those taps after each output channel, (C_out * taps, C/G, *inner_k), grouped by group as :func:`spread`'s."""
+    taps_first = weight.flatten(2, 1 + outer.dims)  # (C_out, C/G, outer taps, *inner_k)
+    for phase, taps in _phases(outer):
+        frames = tuple(len(range(r, n, s)) for r, n, s in zip(phase, size, outer.stride))
+        where = (slice(None), slice(None), *(slice(r, None, s) for r, s in zip(phase, outer.stride)))
+        w = taps_first[:, :, [t for t, _ in taps]].transpose(1, 2).flatten(0, 1)
+        yield where, frames, taps, w
+
+
+def _phases(outer: ConvSpec):
+    """Each phase (per-dim residue mod stride) with its taps: (flat tap, per-dim shift) pairs."""
+    per_dim = []
+    for s, d, k, (lo, _) in zip(outer.stride, outer.dilation, outer.kernel, outer.padding):
+        per_dim.append([[(t, (r - t * d + lo) // s) for t in range(k) if (r - t * d + lo) % s == 0] for r in range(s)])
+    for phase in itertools.product(*(range(s) for s in outer.stride)):
+        combos = itertools.product(*(dim[r] for dim, r in zip(per_dim, phase)))
+        yield phase, [(_flat_tap(tuple(t for t, _ in c), outer.kernel), tuple(h for _, h in c)) for c in combos]
+
+
+def _flat_tap(tap: tuple[int, ...], kernel: tuple[int, ...]) -> int:
+    flat = 0
+    for t, k in zip(tap, kernel):
+        flat = flat * k + t
+    return flat
+
+
 def _row_runs(rows: int, pieces: int) -> list[tuple[int, int]]:
     """(first, count) of ``pieces`` runs of output rows (fewer when rows are fewer)."""
     step = math.ceil(rows / min(max(pieces, 1), rows))
@@ -198,6 +315,9 @@ def spread(
     out_channels = per_group_out * groups
     in_outer = tuple(x.shape[2 : 2 + n_outer])
     out_outer = outer.output_size(in_outer)
+    if not spec.transposed and any(s > 1 for s in outer.stride):
+        y = _spread_phases(x, weight, outer, inner, pieces)
+        return y if bias is None else y.add_(bias.reshape((out_channels,) + (1,) * spec.dims))
     w = _taps_as_outputs(weight, spec, n_outer)
     src = x.permute(_outer_first(n_outer, 2, rank))
     # accumulated in place in the output (a view with the outer dims first; each slab's inner dims are
@@ -221,7 +341,37 @@ def spread(
                 y_outer[tuple(dst for _, dst in windows)].add_(slab)
         del xs, slabs  # before the next piece's: one piece's at a time
     if bias is not None:
-        y = y + bias.reshape((out_channels,) + (1,) * spec.dims)
+        y = y.add_(bias.reshape((out_channels,) + (1,) * spec.dims))  # in place: y is this call's own buffer
+    return y
+
+
+def _spread_phases(
+    x: torch.Tensor, weight: torch.Tensor, outer: ConvSpec, inner: ConvSpec, pieces: int
+) -> torch.Tensor:
+    """:func:`spread` over strided outer dims: per phase of the input frames (:func:`_phase_calls`), one native
+    call with only the taps that read that phase as output channels, so no product is computed that no output
+    uses (every tap of every frame would be ``prod(stride)`` times the needed products). With ``pieces`` > 1,
+    each phase's frames of the first outer dim run in runs no longer than ``spread``'s runs of input frames."""
+    n_outer, rank = outer.dims, inner.dims
+    batch, channels, out_channels = x.shape[0], x.shape[1], weight.shape[0]
+    size = tuple(x.shape[2 : 2 + n_outer])
+    out = outer.output_size(size)
+    y = x.new_zeros((batch, out_channels, *out, *inner.output_size(x.shape[2 + n_outer :])))
+    y_frames = y.permute(_after_batch(n_outer, rank))  # (B, *outer, C_out, *inner): each slab lands on a slice
+    # runs of at most as many frames as spread's runs of input frames: a phase frame holds no more than one of those
+    most = math.ceil(size[0] / min(max(pieces, 1), max(size[0], 1)))
+    for where, frames, taps, w in _phase_calls(weight, outer, size):
+        x_phase = x[where].permute(_after_batch(n_outer, rank))
+        for first, rows in _row_runs(frames[0], math.ceil(frames[0] / most)) if taps and 0 not in frames else ():
+            piece = (rows, *frames[1:])
+            xs = x_phase[:, first : first + rows].reshape((batch * math.prod(piece), channels, *x.shape[2 + n_outer :]))
+            slabs = lowering.native_lowered(xs, w, None, inner)
+            slabs = slabs.reshape((batch, *piece, out_channels, len(taps), *slabs.shape[2:]))
+            for i, (_, shifts) in enumerate(taps):
+                runs = _tap_runs(shifts, first, piece, out)
+                if runs is not None:
+                    y_frames[(slice(None), *runs[1])].add_(slabs[(slice(None), *runs[0], slice(None), i)])
+            del xs, slabs  # before the next piece's buffers
     return y
 
 
