@@ -198,7 +198,7 @@ def test_cost_model_choices_follow_the_workload():
 BENCH_CHOICES = {
     "4d": "spread",
     "4d-wide": "fold",
-    "4d-strided": "fold",
+    "4d-strided": "spread",
     "4d-depthwise": "band",
     "4d-large-kernel": "spread",
     "5d": "fold",

@@ -373,6 +373,11 @@ def cost(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], 
         rate = _rate(inner * g["outer_taps"], g["per_group_out"], g["per_group_in"] * g["outer_taps"])
         if g["per_group_in"] == 1 < g["spec"].groups:
             rate /= 8  # folding taps makes a depthwise weight merely grouped: oneDNN's depthwise kernel is lost
+        if any(s > 1 for s in g["spec"].stride[: g["n_outer"]]):
+            # strided outer dims: the folded buffer is gathered frame by frame from every stride-th frame, twice
+            # the traffic it is counted at. Fitted to the bench's 4d-strided with other work between calls:
+            # fold 1.62-1.70 ms, spread's phases 1.41-1.50 ms (in a tight loop both 1.4-1.5 ms)
+            traffic *= 2
         return flops / rate + traffic + _CALL
     if name == "band":  # outer positions as channels: a deeper, wider GEMM over the band's mostly-zero terms
         band_flops = 2 * g["band_macs"]
