@@ -178,3 +178,15 @@ def test_phase_backward_and_strided_spread_compile_to_one_bit_identical_graph(na
         got = _forward_backward(torch.compile(module, fullgraph=True, backend="aot_eager"), x)
     for what, g, e in zip(["output", "input grad", "weight grad", "bias grad"], got, expected):
         assert torch.equal(g, e), f"{name}: {what} differs"
+
+
+def test_winograd_compiles_to_one_bit_identical_graph(device) -> None:
+    # F(2, 3) along the first dim, in runs of tiles (a tight budget), with its custom backward
+    torch.manual_seed(0)
+    module = Functional(convnd.conv, (4, 3, 3, 2, 3, 2), padding=1).to(device)
+    x = torch.randn((2, 3, 7, 4, 5, 3), device=device)
+    with convnd.strategy("winograd", custom_backward=True, native_axes=(1, 2, 3), max_memory=4096):
+        expected = _forward_backward(module, x)
+        got = _forward_backward(torch.compile(module, fullgraph=True, backend="aot_eager"), x)
+    for what, g, e in zip(["output", "input grad", "weight grad", "bias grad"], got, expected):
+        assert torch.equal(g, e), f"winograd: {what} differs"

@@ -196,8 +196,8 @@ def test_cost_model_choices_follow_the_workload():
 
 # the strategy each bench workload measured fastest under the default budget (README, Performance)
 BENCH_CHOICES = {
-    "4d": "spread",
-    "4d-wide": "fold",
+    "4d": "winograd",
+    "4d-wide": "winograd",
     "4d-strided": "spread",
     "4d-depthwise": "band",
     "4d-large-kernel": "spread",
@@ -274,8 +274,9 @@ def test_fold_and_spread_in_pieces_are_exact(name, dims, kw, max_memory, monkeyp
     ("kwargs", "message"),
     [
         (
-            {"name": "winograd"},
-            "strategy must be one of 'tapsum', 'fold', 'unfold', 'fft', 'band', 'spread', 'measure', got 'winograd'",
+            {"name": "toeplitz"},
+            "strategy must be one of 'tapsum', 'fold', 'unfold', 'fft', 'band', 'spread', 'winograd', 'measure', "
+            "got 'toeplitz'",
         ),
         ({"max_memory": 0}, "max_memory must be a positive int (bytes), got 0"),
         ({"max_memory": 1.5}, "max_memory must be a positive int (bytes), got 1.5"),

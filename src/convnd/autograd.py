@@ -86,7 +86,7 @@ class LoweredConv(torch.autograd.Function):
 
 # forward plans whose gradients come from fold's backward: fold's own, and spread's (same dims, same
 # products; fold's measured 1.5-2.5x faster than the lowered adjoint or autograd through spread)
-FOLD_BACKWARD = ("fold", "spread")
+FOLD_BACKWARD = ("fold", "spread", "winograd")
 
 
 def fold_grads(

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 # the strategy modules call back into this one (native, the gather/scatter steps) at run time
-from . import autograd, selection, strategies, transposes
+from . import autograd, selection, strategies, transposes, winograd
 from .caching import trace_safe_cache
 from .errors import fail
 from .padding import pad_nd, torch_pad_order
@@ -311,6 +311,7 @@ LOWERINGS = {
     "fft": strategies.fft,
     "band": strategies.band,
     "spread": strategies.spread,
+    "winograd": winograd.winograd,
 }
 
 

@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 
-from . import chunking, lowering, strategies
+from . import chunking, lowering, strategies, winograd
 from .caching import trace_safe_cache
 from .errors import fail
 from .spec import ConvSpec
 
-STRATEGIES = ("tapsum", "fold", "unfold", "fft", "band", "spread")
+STRATEGIES = ("tapsum", "fold", "unfold", "fft", "band", "spread", "winograd")
 _FORCED: list[dict[str, Any]] = []
 _MEASURED: dict[tuple[Any, ...], str] = {}
 
@@ -44,7 +44,7 @@ def strategy(
     """Force how convolutions past the native rank run inside a ``with`` block.
 
     Args:
-        name: ``tapsum``, ``fold``, ``unfold``, ``fft``, ``band``, ``spread``, or ``measure`` (time
+        name: ``tapsum``, ``fold``, ``unfold``, ``fft``, ``band``, ``spread``, ``winograd``, or ``measure`` (time
             each once and cache the fastest); None keeps the cost model's choice.
         native_axes: the spatial dims the native kernels run over (as many as the native rank).
         max_memory: a byte budget for temporary buffers; outputs are computed in pieces within it.
@@ -151,7 +151,7 @@ def custom_backward_pays(spec: ConvSpec, rank: int, name: str = "tapsum", macs: 
     return max(spec.kernel[: spec.dims - rank], default=0) > 3
 
 
-FOLD_BACKWARD_MIN_MACS = {"fold": 20_000_000, "spread": 2_000_000}
+FOLD_BACKWARD_MIN_MACS = {"fold": 20_000_000, "spread": 2_000_000, "winograd": 20_000_000}
 
 
 def phase_backward_pays(x_shape: Sequence[int], w_shape: Sequence[int], out_numel: int) -> bool:
@@ -289,6 +289,9 @@ def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_sh
         * math.prod(out[:n_outer])
         * math.prod(spatial[:n_outer])
         * math.prod(spec.kernel[n_outer:]),
+        # winograd: one transformed frame set (a frame per tile of 2 output frames) and its products
+        "winograd_in": batch * channels * math.ceil(out[0] / 2) * math.prod(spatial[n_outer:]),
+        "winograd_out": batch * out_channels * math.ceil(out[0] / 2) * math.prod(out[n_outer:]),
         # spread's native output: every outer tap's slab of every input frame (output-sized otherwise); a forward
         # one over strided outer dims computes per phase only the taps that read it (strategies._spread_phases)
         "slabs": batch
@@ -338,6 +341,10 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
         # (measured peaks of the bench's fold workloads: within 7% of this, the output not counted)
         folded = g["batch"] * g["channels"] * g["outer_taps"] * g["outer_out"] * g["inner_in"]
         return folded + g["out"]
+    if name == "winograd":
+        # the input (a view of it but for the runs that reach the padding), one transformed frame set and its
+        # products at a time, oneDNN's copies of both
+        return g["in"] + 2 * g["winograd_in"] + 3 * g["winograd_out"]
     if name == "band":
         # the banded weight, oneDNN's reordered copy of it, and the native call's copies of its merged input and output
         return 2 * g["band_weight"] + native
@@ -379,6 +386,13 @@ def cost(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], 
             # fold 1.62-1.70 ms, spread's phases 1.41-1.50 ms (in a tight loop both 1.4-1.5 ms)
             traffic *= 2
         return flops / rate + traffic + _CALL
+    if name == "winograd":  # 4 native calls per tile of 2 output frames (F(2, 3)), transforms as passes of adds
+        if not winograd.applies(g["spec"], how.native_rank):
+            return math.inf
+        rate = _rate(inner, g["per_group_out"], g["per_group_in"])
+        native = 2 * g["per_group_in"] * g["inner_taps"] * winograd.WINDOW * g["winograd_out"]
+        passes = 3 * winograd.WINDOW * g["winograd_in"] + 2.5 * winograd.WINDOW * g["winograd_out"]
+        return native / rate + traffic + passes * _SECONDS_PER_ELEMENT + winograd.WINDOW * _CALL
     if name == "band":  # outer positions as channels: a deeper, wider GEMM over the band's mostly-zero terms
         band_flops = 2 * g["band_macs"]
         rate = _rate(inner * g["outer_in"], g["per_group_out"] * g["outer_out"], g["per_group_in"] * g["outer_in"])
@@ -419,6 +433,14 @@ def chunked_cost(
             * (2 if _doubled(g, rows, g["per_group_in"] * g["outer_taps"]) else 1)
             * (1 + _FOLD_PIECE * (pieces - 1))
         )
+    if name == "winograd":
+        if whole == math.inf:
+            return whole
+        pieces = winograd_pieces(spec, how, x_shape, w_shape, 4)
+        # a run of one tile of one sample runs as a batch of two (lowering.native_lowered): twice the work
+        tiles = math.ceil(g["first_out"] / winograd.TILE)
+        batch = g["batch"] * g["outer_rest"] * math.ceil(tiles / pieces)
+        return whole * (2 if _doubled(g, batch, g["channels"]) else 1) * (1 + _FOLD_PIECE * (pieces - 1))
     if name == "spread":
         per_frame, fixed = _spread_workspace(spec, how, x_shape, w_shape)
         if per_frame + fixed > limit:
@@ -431,6 +453,24 @@ def chunked_cost(
     if pieces > g["batch"] * max(2, g["first_out"] // 2):
         return math.inf  # even the smallest pieces chunking makes (two rows) would not fit
     return whole * (1 + _PIECE * max(pieces - 1, 0))
+
+
+def winograd_applies(spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int]) -> bool:
+    """Whether ``winograd`` runs F(2, 3) for this plan (:func:`convnd.winograd.applies` on the plan's dim order)."""
+    return winograd.applies(_geometry(spec, how, tuple(x_shape), tuple(w_shape))["spec"], how.native_rank)
+
+
+def winograd_pieces(
+    spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int], itemsize: int
+) -> int:
+    """How many runs of tiles ``winograd`` computes, so that one run's workspace fits the budget (a tile per run
+    at most); the run (:func:`convnd.chunking.run_within`) and the cost model both ask here."""
+    g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
+    tiles = math.ceil(g["first_out"] / winograd.TILE)
+    limit = chunking.budget_bytes(g["in"], g["out"], itemsize, how)
+    whole = workspace("winograd", spec, how, x_shape, w_shape) * itemsize
+    fit = max(1, int(tiles * limit // max(whole, 1)))
+    return math.ceil(tiles / min(fit, tiles))
 
 
 def fold_piece_count(
