@@ -81,7 +81,7 @@ def winograd(
         # input frames start.. of these tiles, zero outside x: a view of x unless the run reaches the padding
         start = TILE * first - low
         stop = start + TILE * count + WINDOW - TILE
-        slab = _frames(x, start, stop, rank)
+        slab = _frames(x, start, stop)
         frames = [slab[:, :, j : j + TILE * count : TILE] for j in range(WINDOW)]  # d_j of each tile: (B, C, T, ..)
         started = [False] * TILE
         for (a, b, sign), g, signs in zip(INPUT_TRANSFORM, taps, zip(*OUTPUT_TRANSFORM)):
@@ -99,14 +99,14 @@ def winograd(
     return y
 
 
-def _frames(x: torch.Tensor, start: int, stop: int, rank: int) -> torch.Tensor:
+def _frames(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     """Frames ``start .. stop - 1`` of x's first spatial dim, zeros where they lie outside it."""
     size = x.shape[2]
     inside = x.narrow(2, min(max(start, 0), size), max(min(stop, size) - max(start, 0), 0))
     before, after = max(-start, 0), max(stop - size, 0)
     if before == after == 0:
         return inside
-    return F.pad(inside, (0, 0) * rank + (before, after))
+    return F.pad(inside, (0, 0) * (x.dim() - 3) + (before, after))  # F.pad lists the last dim first
 
 
 def _kernel_transform(weight: torch.Tensor) -> list[torch.Tensor]:
