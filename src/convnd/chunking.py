@@ -69,7 +69,7 @@ def run_within(
 
     if how.strategy == "fold" and not spec.transposed:  # fold splits its own folded batch, without halos
         return lowering.lowered(x, weight, bias, spec, how, fold_pieces(x, weight, spec, how))
-    if how.strategy == "winograd":  # runs of tiles, each reading its own input frames (fold where F(2, 3) cannot)
+    if how.strategy == "winograd":  # runs of tiles, each reading its own input frames (fold where F(m, 3) cannot)
         if not selection.winograd_applies(spec, how, tuple(x.shape), tuple(weight.shape)):
             return run_within(x, weight, bias, spec, replace(how, strategy="fold"))
         pieces = selection.winograd_pieces(spec, how, tuple(x.shape), tuple(weight.shape), x.element_size())

@@ -289,9 +289,9 @@ def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_sh
         * math.prod(out[:n_outer])
         * math.prod(spatial[:n_outer])
         * math.prod(spec.kernel[n_outer:]),
-        # winograd: one transformed frame set (a frame per tile of 2 output frames) and its products
-        "winograd_in": batch * channels * math.ceil(out[0] / 2) * math.prod(spatial[n_outer:]),
-        "winograd_out": batch * out_channels * math.ceil(out[0] / 2) * math.prod(out[n_outer:]),
+        # winograd: one transformed frame set (a frame per tile of m output frames) and its products
+        "winograd_in": batch * channels * math.ceil(out[0] / winograd.tile(out[0])) * math.prod(spatial[n_outer:]),
+        "winograd_out": batch * out_channels * math.ceil(out[0] / winograd.tile(out[0])) * math.prod(out[n_outer:]),
         # spread's native output: every outer tap's slab of every input frame (output-sized otherwise); a forward
         # one over strided outer dims computes per phase only the taps that read it (strategies._spread_phases)
         "slabs": batch
@@ -342,9 +342,8 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
         folded = g["batch"] * g["channels"] * g["outer_taps"] * g["outer_out"] * g["inner_in"]
         return folded + g["out"]
     if name == "winograd":
-        # the input (a view of it but for the runs that reach the padding), one transformed frame set and its
-        # products at a time, oneDNN's copies of both
-        return g["in"] + 2 * g["winograd_in"] + 3 * g["winograd_out"]
+        # one transformed frame set and its products at a time, and oneDNN's copies of both
+        return 2 * g["winograd_in"] + 3 * g["winograd_out"]
     if name == "band":
         # the banded weight, oneDNN's reordered copy of it, and the native call's copies of its merged input and output
         return 2 * g["band_weight"] + native
@@ -390,9 +389,11 @@ def cost(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], 
         if not winograd.applies(g["spec"], how.native_rank):
             return math.inf
         rate = _rate(inner, g["per_group_out"], g["per_group_in"])
-        native = 2 * g["per_group_in"] * g["inner_taps"] * winograd.WINDOW * g["winograd_out"]
-        passes = 3 * winograd.WINDOW * g["winograd_in"] + 2.5 * winograd.WINDOW * g["winograd_out"]
-        return native / rate + traffic + passes * _SECONDS_PER_ELEMENT + winograd.WINDOW * _CALL
+        window = winograd.tile(g["first_out"]) + 2  # transformed frames (native calls) per tile
+        native = 2 * g["per_group_in"] * g["inner_taps"] * window * g["winograd_out"]
+        terms_in, terms_out = winograd.terms(g["first_out"])  # each a pass over one transformed frame set
+        passes = 1.5 * terms_in * g["winograd_in"] + 5 / 3 * terms_out * g["winograd_out"]
+        return native / rate + traffic + passes * _SECONDS_PER_ELEMENT + window * _CALL
     if name == "band":  # outer positions as channels: a deeper, wider GEMM over the band's mostly-zero terms
         band_flops = 2 * g["band_macs"]
         rate = _rate(inner * g["outer_in"], g["per_group_out"] * g["outer_out"], g["per_group_in"] * g["outer_in"])
@@ -438,7 +439,7 @@ def chunked_cost(
             return whole
         pieces = winograd_pieces(spec, how, x_shape, w_shape, 4)
         # a run of one tile of one sample runs as a batch of two (lowering.native_lowered): twice the work
-        tiles = math.ceil(g["first_out"] / winograd.TILE)
+        tiles = math.ceil(g["first_out"] / winograd.tile(g["first_out"]))
         batch = g["batch"] * g["outer_rest"] * math.ceil(tiles / pieces)
         return whole * (2 if _doubled(g, batch, g["channels"]) else 1) * (1 + _FOLD_PIECE * (pieces - 1))
     if name == "spread":
@@ -456,7 +457,7 @@ def chunked_cost(
 
 
 def winograd_applies(spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int]) -> bool:
-    """Whether ``winograd`` runs F(2, 3) for this plan (:func:`convnd.winograd.applies` on the plan's dim order)."""
+    """Whether ``winograd`` runs F(m, 3) for this plan (:func:`convnd.winograd.applies` on the plan's dim order)."""
     return winograd.applies(_geometry(spec, how, tuple(x_shape), tuple(w_shape))["spec"], how.native_rank)
 
 
@@ -466,7 +467,7 @@ def winograd_pieces(
     """How many runs of tiles ``winograd`` computes, so that one run's workspace fits the budget (a tile per run
     at most); the run (:func:`convnd.chunking.run_within`) and the cost model both ask here."""
     g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
-    tiles = math.ceil(g["first_out"] / winograd.TILE)
+    tiles = math.ceil(g["first_out"] / winograd.tile(g["first_out"]))
     limit = chunking.budget_bytes(g["in"], g["out"], itemsize, how)
     whole = workspace("winograd", spec, how, x_shape, w_shape) * itemsize
     fit = max(1, int(tiles * limit // max(whole, 1)))

@@ -1,28 +1,29 @@
-"""The ``winograd`` lowering: Winograd's minimal filtering F(2, 3) along the one lowered dim.
+"""The ``winograd`` lowering: Winograd's minimal filtering F(m, 3) along the one lowered dim.
 
-Along a lowered dim with a kernel of 3 (stride 1, dilation 1), the two output frames
-``y[2t]`` and ``y[2t + 1]`` of tile ``t`` read the four input frames ``d_j = x[2t + j - low]``,
-``j = 0..3``, and take four products instead of six (Lavin & Gray, 2016, in one dim)::
+Along a lowered dim with a kernel of 3 (stride 1, dilation 1), the ``m`` output frames of tile
+``t`` read the ``m + 2`` input frames ``d_j = x[m t + j - low]`` and take ``m + 2`` products
+instead of ``3 m`` (Lavin & Gray, 2016, in one dim). For F(2, 3)::
 
     u0 = d0 - d2      u1 = d1 + d2      u2 = d2 - d1      u3 = d1 - d3
     g0 = w0           g1 = (w0 + w1 + w2) / 2           g2 = (w0 - w1 + w2) / 2      g3 = w2
     m_i = conv(u_i, g_i)           (one native r-d convolution over every tile's frame)
     y[2t] = m0 + m1 + m2           y[2t + 1] = m1 - m2 - m3
 
-``w_k`` is the kernel's tap ``k`` along the lowered dim (an r-d kernel) and ``conv`` the native
-convolution over the other dims, so the four native calls do ``4 / 6`` of the multiply-adds
-of the three taps over every output frame (plus one tile's worth when the output length is
-odd). The transforms are additions over input- and output-sized frames. Grouped and
-depthwise weights, bias and padding modes work as everywhere else; the other dims keep any
-stride, dilation and padding.
+``w_k`` is the kernel's tap ``k`` along the lowered dim (an r-d kernel), ``conv`` the native
+convolution over the other dims; in general ``u = B^T d``, ``g = G w``, ``y = A^T m`` with the
+matrices of :data:`TRANSFORMS`. F(2, 3) does ``4 / 6`` of the direct multiply-adds, F(4, 3)
+``6 / 12``, plus a partial last tile when the output length is not a multiple of ``m``;
+:func:`tile` picks ``m``. The transforms are passes of adds over input- and output-sized frames.
+Grouped and depthwise weights, bias and padding modes work as everywhere else; the native
+dims keep any stride, dilation and padding.
 
-Not bit-identical to direct summation: each output is a different sum of the same products
-(the ``/ 2`` is exact in binary). Its error is of the order of a direct sum's rounding: the
-input transform adds two inputs, the weight transform three taps, the output transform three
-products, so each term of the result passes through at most four more roundings than in a
-direct sum (``tests/test_winograd.py`` bounds it against the float64 reference).
+Not bit-identical to direct summation: each output is another sum of the same products. The
+error stays of the order of a direct sum's rounding: F(2, 3)'s transforms add at most three
+terms with coefficients 1 and 1/2 (exact in binary); F(4, 3)'s up to five with coefficients up
+to 8 and G's sixths, measured 2-3x fold's error in float32 (``tests/test_winograd.py`` bounds
+both against the float64 reference).
 
-Where F(2, 3) does not apply (several lowered dims, a kernel other than 3 or a stride or
+Where F(m, 3) does not apply (several lowered dims, a kernel other than 3 or a stride or
 dilation other than 1 along the lowered dim, a transposed convolution) a forced ``winograd``
 runs :func:`convnd.strategies.fold`, and the cost model never picks it.
 """
@@ -30,24 +31,47 @@ runs :func:`convnd.strategies.fold`, and the cost model never picks it.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import torch
-import torch.nn.functional as F
 
 from . import lowering, strategies
 from .padding import pad_nd
 from .spec import ConvSpec
 
-# u_i = d_a + sign * d_b (the input transform, B^T of F(2, 3))
-INPUT_TRANSFORM = ((0, 2, -1), (1, 2, 1), (2, 1, -1), (1, 3, -1))
-# the output transform (A^T of F(2, 3)): for output frame r of a tile, the sign of each m_i (0: not used)
-OUTPUT_TRANSFORM = ((1, 1, 1, 0), (0, 1, -1, -1))
-TILE = 2  # output frames per tile
-WINDOW = 4  # input frames per tile
+_HALF, _SIXTH = Fraction(1, 2), Fraction(1, 6)
+# m -> (B^T, G, A^T): the input transform (m + 2 rows of m + 2), the kernel transform (m + 2 rows of 3), the
+# output transform (m rows of m + 2), at the points 0, +-1, (+-2,) infinity
+TRANSFORMS = {
+    2: (
+        ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+        ((1, 0, 0), (_HALF, _HALF, _HALF), (_HALF, -_HALF, _HALF), (0, 0, 1)),
+        ((1, 1, 1, 0), (0, 1, -1, -1)),
+    ),
+    4: (
+        (
+            (4, 0, -5, 0, 1, 0),
+            (0, -4, -4, 1, 1, 0),
+            (0, 4, -4, -1, 1, 0),
+            (0, -2, -1, 2, 1, 0),
+            (0, 2, -1, -2, 1, 0),
+            (0, 4, 0, -5, 0, 1),
+        ),
+        (
+            (Fraction(1, 4), 0, 0),
+            (-_SIXTH, -_SIXTH, -_SIXTH),
+            (-_SIXTH, _SIXTH, -_SIXTH),
+            (Fraction(1, 24), Fraction(1, 12), _SIXTH),
+            (Fraction(1, 24), -Fraction(1, 12), _SIXTH),
+            (0, 0, 1),
+        ),
+        ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1)),
+    ),
+}
 
 
 def applies(spec: ConvSpec, rank: int) -> bool:
-    """Whether F(2, 3) runs this convolution: one lowered dim, kernel 3, stride 1, dilation 1, not transposed."""
+    """Whether F(m, 3) runs this convolution: one lowered dim, kernel 3, stride 1, dilation 1, not transposed."""
     return (
         spec.dims - rank == 1
         and not spec.transposed
@@ -57,13 +81,25 @@ def applies(spec: ConvSpec, rank: int) -> bool:
     )
 
 
+def tile(out: int) -> int:
+    """Output frames per tile for an output of ``out`` frames: 4 where F(4, 3)'s products are at least 10% fewer
+    than F(2, 3)'s (its transforms cost more passes; 9 frames, 18 products against 20, measured level), else 2."""
+    return 4 if 6 * math.ceil(out / 4) < 0.9 * 4 * math.ceil(out / 2) else 2
+
+
+def terms(out: int) -> tuple[int, int]:
+    """The input and output transforms' terms (nonzero coefficients) for an output of ``out`` frames."""
+    input_transform, _, output_transform = TRANSFORMS[tile(out)]
+    return sum(c != 0 for row in input_transform for c in row), sum(c != 0 for row in output_transform for c in row)
+
+
 def winograd(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, rank: int, pieces: int = 1
 ) -> torch.Tensor:
-    """F(2, 3) along the first (the only lowered) dim of a batched input whose native dims are at the back.
+    """F(m, 3) along the first (the only lowered) dim of a batched input whose native dims are at the back.
 
-    ``pieces`` > 1 runs the tiles in runs, each reading only its own input frames (two frames of
-    halo) and running its own four native calls, so the buffers shrink by ``pieces``.
+    ``pieces`` > 1 runs the tiles in runs, each transforming only its own input frames and running its
+    own ``m + 2`` native calls, so the buffers shrink by ``pieces``.
 
     Shape:
         x: (B, C_in, D, *inner); weight: (C_out, C_in / groups, 3, *inner_k); result: (B, C_out, D_out, *inner_out).
@@ -73,69 +109,70 @@ def winograd(
     if spec.padding_mode != "zeros":
         x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()
     inner = spec.select(range(1, spec.dims))
-    (low, high), size = spec.padding[0], x.shape[2]
-    out = size + low + high - 2
-    taps = _kernel_transform(weight)
+    low, high = spec.padding[0]
+    out = x.shape[2] + low + high - 2
+    m = tile(out)
+    input_transform, kernel_transform, output_transform = TRANSFORMS[m]
+    taps = weight.unbind(2)
     y = x.new_empty((x.shape[0], weight.shape[0], out, *inner.output_size(x.shape[3:])))
-    for first, count in strategies._row_runs(math.ceil(out / TILE), pieces):
-        # input frames start.. of these tiles, zero outside x: a view of x unless the run reaches the padding
-        start = TILE * first - low
-        stop = start + TILE * count + WINDOW - TILE
-        slab = _frames(x, start, stop)
-        frames = [slab[:, :, j : j + TILE * count : TILE] for j in range(WINDOW)]  # d_j of each tile: (B, C, T, ..)
-        started = [False] * TILE
-        for (a, b, sign), g, signs in zip(INPUT_TRANSFORM, taps, zip(*OUTPUT_TRANSFORM)):
-            u = _transformed(frames[a], frames[b], sign)  # (B * T, C, *inner), tiles in the batch
-            m = lowering.native_lowered(u, g, None, inner)
-            m = m.unflatten(0, (x.shape[0], count)).transpose(1, 2)  # (B, C_out, T, *inner_out), a view
-            for r, s in enumerate(signs):
-                if s:  # output frame r of each tile (a fresh view each time: autograd rebases views written in place)
-                    row = y[:, :, TILE * first + r : TILE * (first + count) : TILE]
-                    _accumulate(row, m.narrow(2, 0, row.shape[2]), s, started[r])  # an odd length's last tile: one
+    for first, count in strategies._row_runs(math.ceil(out / m), pieces):
+        started = [False] * m
+        for i, (row, g_row) in enumerate(zip(input_transform, kernel_transform)):
+            u = _transformed(x, row, m, low, first, count)  # (B * T, C, *inner), the run's tiles in the batch
+            g = _combination([(c, t) for c, t in zip(g_row, taps) if c])
+            products = lowering.native_lowered(u, g, None, inner)
+            products = products.unflatten(0, (x.shape[0], count)).transpose(1, 2)  # (B, C_out, T, *inner_out)
+            for r, coefficients in enumerate(output_transform):
+                if coefficients[i]:  # output frame r of each tile (a fresh view: autograd rebases views written to)
+                    frames = y[:, :, m * first + r : m * (first + count) : m]  # the last tile's may be fewer
+                    _add_to(frames, products.narrow(2, 0, frames.shape[2]), coefficients[i], started[r])
                     started[r] = True
-            del u, m  # one transformed frame set and its products at a time
+            del u, products  # one transformed frame set and its products at a time
     if bias is not None:
         y = y.add_(bias.reshape((-1,) + (1,) * spec.dims))  # in place: y is this call's own buffer
     return y
 
 
-def _frames(x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Frames ``start .. stop - 1`` of x's first spatial dim, zeros where they lie outside it."""
-    size = x.shape[2]
-    inside = x.narrow(2, min(max(start, 0), size), max(min(stop, size) - max(start, 0), 0))
-    before, after = max(-start, 0), max(stop - size, 0)
-    if before == after == 0:
-        return inside
-    return F.pad(inside, (0, 0) * (x.dim() - 3) + (before, after))  # F.pad lists the last dim first
-
-
-def _kernel_transform(weight: torch.Tensor) -> list[torch.Tensor]:
-    """g_0..g_3 (G of F(2, 3)) from the three taps along the lowered dim: (C_out, C_in / groups, *inner_k) each."""
-    w0, w1, w2 = weight.unbind(2)
-    outer = w0 + w2
-    return [w0, (outer + w1) * 0.5, (outer - w1) * 0.5, w2]
-
-
-def _transformed(a: torch.Tensor, b: torch.Tensor, sign: int) -> torch.Tensor:
-    """``a + sign * b`` for frames (B, C, T, *inner), laid out (B, T, C, *inner) and flattened to (B * T, C, *inner):
-    the tiles join the batch of the native call. Written in that layout directly (``out=``) unless a
-    gradient flows through it (``out=`` is not differentiable; then a copy, then an in-place add)."""
-    shape = (a.shape[0], a.shape[2], a.shape[1], *a.shape[3:])
-    u = a.new_empty(shape)
-    view = u.transpose(1, 2)
-    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
-        view.copy_(a)
-        view.add_(b, alpha=sign)
-    else:
-        torch.add(a, b, alpha=sign, out=view)
+def _transformed(x: torch.Tensor, row: tuple[int, ...], m: int, low: int, first: int, count: int) -> torch.Tensor:
+    """``sum_j row[j] * d_j`` over tiles ``first .. first + count - 1``, ``d_j`` of tile t being input frame
+    ``m t + j - low`` (zero outside x): laid out (B, T, C, *inner) and flattened to (B * T, C, *inner), the
+    tiles joining the native call's batch. No padded copy of x: each term adds over the tiles whose frame
+    lies inside x, the first one zeroing the others."""
+    u = x.new_empty((x.shape[0], count, x.shape[1], *x.shape[3:]))
+    view = u.transpose(1, 2)  # (B, C, T, *inner)
+    started = False
+    for j, c in enumerate(row):
+        if not c:
+            continue
+        # this term's tiles: those whose frame m t + j - low lies in [0, D), relative to the run
+        lo = min(max(math.ceil((low - j) / m) - first, 0), count)
+        hi = max(min((x.shape[2] - 1 + low - j) // m + 1 - first, count), lo)
+        if not started:
+            view[:, :, :lo].zero_()
+            view[:, :, hi:].zero_()
+        if hi > lo:
+            start = m * (first + lo) + j - low
+            _add_to(view[:, :, lo:hi], x[:, :, start : start + m * (hi - lo - 1) + 1 : m], c, started)
+        started = True
     return u.flatten(0, 1)
 
 
-def _accumulate(row: torch.Tensor, m: torch.Tensor, sign: int, started: bool) -> None:
-    """``row += sign * m``, or ``row = sign * m`` for the first term of this output frame."""
+def _combination(terms: list[tuple[Fraction | int, torch.Tensor]]) -> torch.Tensor:
+    """``sum c * t`` over the (coefficient, kernel tap) pairs: one transformed tap of the kernel."""
+    total = terms[0][1] * float(terms[0][0]) if terms[0][0] != 1 else terms[0][1]
+    for c, t in terms[1:]:
+        total = total + t * float(c)
+    return total
+
+
+def _add_to(dst: torch.Tensor, src: torch.Tensor, c: Fraction | int, started: bool) -> None:
+    """``dst += c * src``, or ``dst = c * src`` for the first term (written in place: ``out=`` unless a gradient
+    flows through it, which ``out=`` does not carry, or dynamo traces it, which takes no strided ``out=``)."""
     if started:
-        row.add_(m, alpha=sign)
-    elif sign > 0:
-        row.copy_(m)
+        dst.add_(src, alpha=float(c))
+    elif not (torch.is_grad_enabled() and src.requires_grad) and not torch.compiler.is_compiling():
+        torch.mul(src, float(c), out=dst)
     else:
-        row.copy_(m).neg_()
+        dst.copy_(src)
+        if c != 1:
+            dst.mul_(float(c))
