@@ -139,4 +139,4 @@ def test_the_model_prices_winograds_calls_and_passes():
 def test_explain_names_winograd():
     layer = convnd.ConvNd(16, 16, (3, 3, 3, 3), padding=1)
     text = str(convnd.explain(layer, (1, 16, 8, 16, 16, 16)))
-    assert "Winograd's F(2, 3)" in text
+    assert "Winograd's minimal filtering F(m, 3) along dim (0,)" in text
