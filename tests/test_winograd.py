@@ -140,3 +140,19 @@ def test_explain_names_winograd():
     layer = convnd.ConvNd(16, 16, (3, 3, 3, 3), padding=1)
     text = str(convnd.explain(layer, (1, 16, 8, 16, 16, 16)))
     assert "Winograd's minimal filtering F(m, 3) along dim (0,)" in text
+
+
+@pytest.mark.parametrize("frames", [6, 8], ids=["F(2, 3)", "F(4, 3)"])
+def test_non_finite_inputs_are_never_lost(frames):
+    # like band, fft and cuDNN's Winograd kernels, the transforms mix a non-finite input into neighbouring sums
+    # (inf - inf): an output the definition makes NaN or inf stays non-finite, and every finite one agrees
+    x, w, b = _operands((1, 2, frames, 4, 4, 4), (3, 2, 3, 3, 3, 3))
+    x.view(-1)[5], x.view(-1)[300], x.view(-1)[700] = float("nan"), float("inf"), -float("inf")
+    with convnd.strategy("winograd", native_axes=FIRST_LOWERED):
+        got = convnd.conv(x, w, b, padding=1).numpy()
+    expected = _oracle(x, w, b, {"padding": 1})
+    assert np.isnan(expected).any() and np.isinf(expected).any()
+    assert not np.isfinite(got[~np.isfinite(expected)]).any()
+    finite = np.isfinite(expected) & np.isfinite(got)
+    assert finite.any()
+    np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-10, atol=1e-10)
