@@ -172,3 +172,11 @@ def test_peak_extra_memory_of_a_forward_stays_within_the_target(w):
     # process (deterministic: every buffer its own mapping); the default budget of 1.25x leaves the margin
     measured = bench.peak_extra_memory(w)
     assert measured["extra_bytes"] <= 1.5 * measured["input_plus_output_bytes"], measured
+
+
+def test_forced_winograd_gets_a_column_only_where_it_runs_as_itself():
+    # elsewhere a forced winograd runs fold: its column would time fold twice under another name
+    assert bench._applies("winograd", bench.find("4d")) and bench._applies("winograd", bench.find("4d-wide"))
+    assert not bench._applies("winograd", bench.find("4d-strided"))  # stride 2 along the lowered dim
+    assert not bench._applies("winograd", bench.find("5d"))  # two lowered dims
+    assert all(bench._applies(name, bench.find("5d")) for name in bench.STRATEGIES if name != "winograd")

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import selection
 from .errors import fail
 from .functional import conv, conv_transpose
 from .lowering import plan
@@ -311,13 +312,23 @@ def bench_workload(
     """
     runners: dict[str, Runner] = {"convnd": convnd_runner(w)}
     if strategies and w.dims > 3:
-        runners.update({f"convnd:{s}": convnd_runner(w, s) for s in STRATEGIES})
+        runners.update({f"convnd:{s}": convnd_runner(w, s) for s in STRATEGIES if _applies(s, w)})
         if backward:
             runners["convnd:autograd-thru"] = convnd_runner(w, custom_backward=False)
     runners.update(peers(w, backward))
     seconds = time_runners(w, runners, backward=backward, rounds=rounds, gemm=gemm, progress=progress)
     rate = 2 * gemm**3 / seconds.pop(GEMM)
     return Result(w, backward, seconds, rate, plan=plan_name(w))
+
+
+def _applies(name: str, w: Workload) -> bool:
+    """Whether a forced strategy runs as itself on ``w`` (a forced ``winograd`` runs ``fold`` where F(m, 3) cannot:
+    its column would time fold twice)."""
+    if name != "winograd":
+        return True
+    x, weight = w.operands()
+    how = plan(w.spec, input_shape=x.shape, weight_shape=weight.shape)
+    return selection.winograd_applies(w.spec, how, tuple(x.shape), tuple(weight.shape))
 
 
 def time_runners(
