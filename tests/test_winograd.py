@@ -156,3 +156,15 @@ def test_non_finite_inputs_are_never_lost(frames):
     finite = np.isfinite(expected) & np.isfinite(got)
     assert finite.any()
     np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_runs_fold(dtype, monkeypatch):
+    # the transforms would round their sums to the half dtype; a native convolution accumulates in float32
+    x, w, b = (t.to(dtype) for t in _operands((1, 3, 6, 3, 4, 3), (4, 3, 3, 2, 3, 2)))
+    monkeypatch.setattr(winograd, "_transformed", lambda *a: pytest.fail("F(m, 3) ran in half precision"))
+    results = {}
+    for name in ("winograd", "fold"):
+        with convnd.strategy(name, native_axes=FIRST_LOWERED):
+            results[name] = convnd.conv(x, w, b, padding=1)
+    assert torch.equal(results["winograd"], results["fold"])

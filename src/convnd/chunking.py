@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import torch
 
-from . import lowering, selection
+from . import lowering, selection, winograd
 from .padding import pad_nd
 from .spec import ConvSpec
 
@@ -70,7 +70,10 @@ def run_within(
     if how.strategy == "fold" and not spec.transposed:  # fold splits its own folded batch, without halos
         return lowering.lowered(x, weight, bias, spec, how, fold_pieces(x, weight, spec, how))
     if how.strategy == "winograd":  # runs of tiles, each reading its own input frames (fold where F(m, 3) cannot)
-        if not selection.winograd_applies(spec, how, tuple(x.shape), tuple(weight.shape)):
+        if (
+            not selection.winograd_applies(spec, how, tuple(x.shape), tuple(weight.shape))
+            or x.dtype not in winograd.DTYPES
+        ):
             return run_within(x, weight, bias, spec, replace(how, strategy="fold"))
         pieces = selection.winograd_pieces(spec, how, tuple(x.shape), tuple(weight.shape), x.element_size())
         return lowering.lowered(x, weight, bias, spec, how, pieces)

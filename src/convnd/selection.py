@@ -133,9 +133,10 @@ def custom_backward_pays(spec: ConvSpec, rank: int, name: str = "tapsum", macs: 
     """Whether :mod:`convnd.autograd` beats autograd through the lowering ``name`` (``macs``: the
     convolution's multiply-adds, when the shapes are known).
 
-    ``fold`` and ``spread`` (forward): from :data:`FOLD_BACKWARD_MIN_MACS` multiply-adds on (or
-    whatever the size, without shapes). Their backward is fold's, one native backward call per
-    piece on the rebuilt folded input (:func:`convnd.strategies.fold_backward`), where autograd
+    ``fold``, ``spread`` and ``winograd`` (forward): from :data:`FOLD_BACKWARD_MIN_MACS` multiply-adds on
+    (or whatever the size, without shapes). Their backward is fold's, one native backward call per
+    piece on the rebuilt folded input (:func:`convnd.strategies.fold_backward`), or the phase backward
+    (:func:`phase_backward_pays`), where autograd
     through fold also copies the whole folded gradient once per tap and through spread runs a
     plain-layout backward: 1.3-1.9x faster from 70M multiply-adds up; below, its fixed cost
     (about 0.2 ms here) loses to autograd through fold under about 20M and through spread
@@ -155,9 +156,9 @@ FOLD_BACKWARD_MIN_MACS = {"fold": 20_000_000, "spread": 2_000_000, "winograd": 2
 
 
 def phase_backward_pays(x_shape: Sequence[int], w_shape: Sequence[int], out_numel: int) -> bool:
-    """Whether a ``fold`` or ``spread`` plan's gradients come from :func:`convnd.strategies.phase_backward`
-    rather than :func:`convnd.strategies.fold_backward`: at least :data:`PHASE_MIN_CHANNELS` input
-    channels per group and an output no larger than the input.
+    """Whether a ``fold``, ``spread`` or ``winograd`` plan's gradients come from
+    :func:`convnd.strategies.phase_backward` rather than :func:`convnd.strategies.fold_backward`: at
+    least :data:`PHASE_MIN_CHANNELS` input channels per group and an output no larger than the input.
 
     Phase's buffers scale with the output, fold's with the input, and phase's native call sees
     the plain input channels where fold's sees them times the taps. Measured A/B (both gradients,

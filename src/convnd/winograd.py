@@ -25,7 +25,9 @@ both against the float64 reference).
 
 Where F(m, 3) does not apply (several lowered dims, a kernel other than 3 or a stride or
 dilation other than 1 along the lowered dim, a transposed convolution) a forced ``winograd``
-runs :func:`convnd.strategies.fold`, and the cost model never picks it.
+runs :func:`convnd.strategies.fold`, and the cost model never picks it. In half precision
+(:data:`DTYPES` excludes float16 and bfloat16) it runs ``fold`` too: the transforms would round
+their sums to the operands' dtype where a native convolution accumulates in float32.
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ TRANSFORMS = {
 }
 
 
+DTYPES = (torch.float32, torch.float64)  # where the transforms' own roundings stay below a direct sum's order
+
+
 def applies(spec: ConvSpec, rank: int) -> bool:
     """Whether F(m, 3) runs this convolution: one lowered dim, kernel 3, stride 1, dilation 1, not transposed."""
     return (
@@ -104,7 +109,7 @@ def winograd(
     Shape:
         x: (B, C_in, D, *inner); weight: (C_out, C_in / groups, 3, *inner_k); result: (B, C_out, D_out, *inner_out).
     """
-    if not applies(spec, rank):
+    if not applies(spec, rank) or x.dtype not in DTYPES:
         return strategies.fold(x, weight, bias, spec, rank)
     if spec.padding_mode != "zeros":
         x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()
