@@ -4,23 +4,23 @@ Along a lowered dim with a kernel of 3 (stride 1, dilation 1), the ``m`` output 
 ``t`` read the ``m + 2`` input frames ``d_j = x[m t + j - low]`` and take ``m + 2`` products
 instead of ``3 m`` (Lavin & Gray, 2016, in one dim). For F(2, 3)::
 
-    u0 = d0 - d2      u1 = d1 + d2      u2 = d2 - d1      u3 = d1 - d3
+    u0 = d0 - d2      u1 = d1 + d2      u2 = d2 - d1      u3 = d3 - d1
     g0 = w0           g1 = (w0 + w1 + w2) / 2           g2 = (w0 - w1 + w2) / 2      g3 = w2
     m_i = conv(u_i, g_i)           (one native r-d convolution over every tile's frame)
-    y[2t] = m0 + m1 + m2           y[2t + 1] = m1 - m2 - m3
+    y[2t] = m0 + m1 + m2           y[2t + 1] = m1 - m2 + m3
 
 ``w_k`` is the kernel's tap ``k`` along the lowered dim (an r-d kernel), ``conv`` the native
 convolution over the other dims; in general ``u = B^T d``, ``g = G w``, ``y = A^T m`` with the
-matrices of :data:`TRANSFORMS`. F(2, 3) does ``4 / 6`` of the direct multiply-adds, F(4, 3)
-``6 / 12``, plus a partial last tile when the output length is not a multiple of ``m``;
-:func:`tile` picks ``m``. The transforms are passes of adds over input- and output-sized frames.
+matrices of :data:`TRANSFORMS`. F(2, 3) does ``4 / 6`` of the direct multiply-adds, F(3, 3)
+``5 / 9``, F(4, 3) ``6 / 12``, plus a partial last tile when the output length is not a multiple of
+``m``; :func:`tile` picks ``m``. The transforms are passes of adds over input- and output-sized frames.
 Grouped and depthwise weights, bias and padding modes work as everywhere else; the native
 dims keep any stride, dilation and padding.
 
 Not bit-identical to direct summation: each output is another sum of the same products. The
 error stays of the order of a direct sum's rounding: F(2, 3)'s transforms add at most three
-terms with coefficients 1 and 1/2 (exact in binary); F(4, 3)'s up to five with coefficients up
-to 8 and G's sixths, measured 2-3x fold's error in float32 (``tests/test_winograd.py`` bounds
+terms with coefficients 1 and 1/2 (exact in binary); F(3, 3)'s and F(4, 3)'s up to five with
+coefficients up to 8 and G's sixths, measured up to 3x fold's error in float32 (``tests/test_winograd.py`` bounds
 both against the float64 reference).
 
 Where F(m, 3) does not apply (several lowered dims, a kernel other than 3 or a stride or
@@ -41,35 +41,46 @@ from . import lowering, strategies
 from .padding import pad_nd
 from .spec import ConvSpec
 
-_HALF, _SIXTH = Fraction(1, 2), Fraction(1, 6)
+# m -> the interpolation points of F(m, 3) (and infinity): small integers, so that the transforms stay exact in
+# binary but for G's divisions (by 2 for F(2, 3), 2 and 6 for F(3, 3), 4, 6 and 24 for F(4, 3))
+POINTS = {2: (0, 1, -1), 3: (0, 1, -1, 2), 4: (0, 1, -1, 2, -2)}
+
+
+def _toom_cook(m: int, points: tuple[int, ...]) -> tuple[tuple[tuple[Fraction, ...], ...], ...]:
+    """(B^T, G, A^T) of F(m, 3) at ``points`` and infinity (the modified Toom-Cook construction).
+
+    With ``M(x) = prod (x - p)``: row ``j`` of B^T holds the coefficients of ``M(x) / (x - p_j)`` and its
+    last row those of ``M(x)``; G's row ``j`` is ``(1, p_j, p_j^2) / N_j`` with ``N_j = prod_{l != j}
+    (p_j - p_l)`` (rows negated together where ``N_j < 0``) and its last row picks the last tap; A^T's
+    row ``i`` is ``p_j^i`` with a 1 under infinity in the last row. ``tests/test_winograd.py`` checks
+    ``A^T ((G g) * (B^T d))`` is the correlation of ``d`` with ``g`` exactly, in fractions.
+    """
+    window = m + 2
+    input_rows, kernel_rows = [], []
+    for j, p in enumerate(points):
+        others = [q for i, q in enumerate(points) if i != j]
+        norm = math.prod(p - q for q in others)
+        sign = -1 if norm < 0 else 1
+        input_rows.append(tuple(sign * c for c in _expand(others, window)))
+        kernel_rows.append(tuple(Fraction(p**k, abs(norm)) for k in range(3)))
+    input_rows.append(_expand(points, window))
+    kernel_rows.append((Fraction(0), Fraction(0), Fraction(1)))
+    output_rows = tuple((*(Fraction(p**i) for p in points), Fraction(i == m - 1)) for i in range(m))
+    return tuple(input_rows), tuple(kernel_rows), output_rows
+
+
+def _expand(roots: list[int] | tuple[int, ...], length: int) -> tuple[Fraction, ...]:
+    """The coefficients (constant first) of ``prod (x - r)`` over ``roots``, zero-padded to ``length``."""
+    coefficients = [Fraction(1)]
+    for r in roots:
+        shifted = [Fraction(0), *coefficients]  # x * poly
+        coefficients = [a - r * b for a, b in zip(shifted, [*coefficients, Fraction(0)])]
+    return tuple(coefficients) + (Fraction(0),) * (length - len(coefficients))
+
+
 # m -> (B^T, G, A^T): the input transform (m + 2 rows of m + 2), the kernel transform (m + 2 rows of 3), the
-# output transform (m rows of m + 2), at the points 0, +-1, (+-2,) infinity
-TRANSFORMS = {
-    2: (
-        ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
-        ((1, 0, 0), (_HALF, _HALF, _HALF), (_HALF, -_HALF, _HALF), (0, 0, 1)),
-        ((1, 1, 1, 0), (0, 1, -1, -1)),
-    ),
-    4: (
-        (
-            (4, 0, -5, 0, 1, 0),
-            (0, -4, -4, 1, 1, 0),
-            (0, 4, -4, -1, 1, 0),
-            (0, -2, -1, 2, 1, 0),
-            (0, 2, -1, -2, 1, 0),
-            (0, 4, 0, -5, 0, 1),
-        ),
-        (
-            (Fraction(1, 4), 0, 0),
-            (-_SIXTH, -_SIXTH, -_SIXTH),
-            (-_SIXTH, _SIXTH, -_SIXTH),
-            (Fraction(1, 24), Fraction(1, 12), _SIXTH),
-            (Fraction(1, 24), -Fraction(1, 12), _SIXTH),
-            (0, 0, 1),
-        ),
-        ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1)),
-    ),
-}
+# output transform (m rows of m + 2)
+TRANSFORMS = {m: _toom_cook(m, points) for m, points in POINTS.items()}
 
 
 DTYPES = (torch.float32, torch.float64)  # where the transforms' own roundings stay below a direct sum's order
@@ -87,9 +98,11 @@ def applies(spec: ConvSpec, rank: int) -> bool:
 
 
 def tile(out: int) -> int:
-    """Output frames per tile for an output of ``out`` frames: 4 where F(4, 3)'s products are at least 10% fewer
-    than F(2, 3)'s (its transforms cost more passes; 9 frames, 18 products against 20, measured level), else 2."""
-    return 4 if 6 * math.ceil(out / 4) < 0.9 * 4 * math.ceil(out / 2) else 2
+    """Output frames per tile for an output of ``out`` frames: the m of fewest native products
+    ``(m + 2) ceil(out / m)``, each m above 2 charged 5% more per frame for its longer transforms (9 frames:
+    F(4, 3)'s 18 products ran level with F(2, 3)'s 20), the smaller m on a tie."""
+    costs = [(m + 2) * math.ceil(out / m) * (1 + 0.05 * (m - 2)) for m in POINTS]
+    return list(POINTS)[costs.index(min(costs))]
 
 
 def terms(out: int) -> tuple[int, int]:
