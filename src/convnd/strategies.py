@@ -15,6 +15,8 @@ the dims it keeps native to the back):
   call over every input frame, then each tap's slab added where it lands (col2im over the
   outer dims; the transposed ``fold`` is this). Widens a native call that has few output
   channels; costs ``prod(outer kernel)`` output-sized slabs, computed in runs of input frames.
+  Over strided outer dims, one call per phase of the input frames with only the taps that
+  read it (:func:`_spread_phases`).
 - ``band``: the outer dims become channels, one native call with a banded weight.
 - ``unfold``: the whole convolution as one contraction of a strided window view with
   the weight (im2col + batched GEMM over all N dims); for depthwise and grouped
@@ -22,6 +24,9 @@ the dims it keeps native to the back):
 - ``fft``: convolution theorem with ``torch.fft``: ``O((C_in + C_out) F log F)`` work
   instead of ``O(C_in C_out prod(kernel) F)``, for large kernels. Not exact to the last
   bit: see :func:`fft_error_bound`.
+
+The gradients of ``fold`` and ``spread`` plans (and of :mod:`convnd.winograd`'s) come from
+:func:`fold_backward` or :func:`phase_backward` (see :mod:`convnd.autograd`).
 
 ``unfold`` and ``fft`` run a transposed convolution as the forward convolution it
 equals (:func:`as_forward`): zeros inserted between input elements (stride), the
@@ -70,7 +75,7 @@ def fold(
     src = x.reshape((batch, spec.groups, x.shape[1] // spec.groups, *x.shape[2:])).permute(
         _outer_first(n_outer, 3, rank)
     )
-    for first, rows in _row_runs(out_outer[0], pieces):
+    for first, rows in row_runs(out_outer[0], pieces):
         folded = _folded(src, outer, (rows, *out_outer[1:]), first, x.shape[2:])
         part = lowering.native_lowered(folded.flatten(0, n_outer).flatten(1, -rank - 1), w, bias, inner)
         y_outer[first : first + rows] = part.reshape((rows, *out_outer[1:], batch, out_channels, *out_inner))
@@ -112,7 +117,7 @@ def fold_backward(
         grad_src = x.new_zeros(shape).permute(tuple(order.index(a) for a in range(len(shape))))
     grad_outer = grad.permute(_outer_first(n_outer, 2, rank))
     grad_w = None
-    for first, rows in _row_runs(out_outer[0], pieces):
+    for first, rows in row_runs(out_outer[0], pieces):
         out = (rows, *out_outer[1:])
         folded = _folded(src, outer, out, first, x.shape[2:])
         # the output gradient channels_last like the folded input: oneDNN's backward on a mix of layouts (or on
@@ -183,7 +188,7 @@ def phase_backward(
         x_phase = x[where].permute(_after_batch(n_outer, rank))
         gx_phase = None if grad_x is None else grad_x[where].permute(_after_batch(n_outer, rank))
         flat = [t for t, _ in taps]
-        for first, rows in _row_runs(frames[0], pieces):
+        for first, rows in row_runs(frames[0], pieces):
             piece = (rows, *frames[1:])
             count = batch * math.prod(piece)
             gathered = _gathered(grad_frames, taps, first, piece).reshape((count, -1, *grad.shape[2 + n_outer :]))
@@ -259,7 +264,7 @@ def _flat_tap(tap: tuple[int, ...], kernel: tuple[int, ...]) -> int:
     return flat
 
 
-def _row_runs(rows: int, pieces: int) -> list[tuple[int, int]]:
+def row_runs(rows: int, pieces: int) -> list[tuple[int, int]]:
     """(first, count) of ``pieces`` runs of output rows (fewer when rows are fewer)."""
     step = math.ceil(rows / min(max(pieces, 1), rows))
     return [(first, min(step, rows - first)) for first in range(0, rows, step)]
@@ -330,7 +335,7 @@ def spread(
     # is low - first * s (transposed) or low + first (forward)
     step = lowering.scatter_window if spec.transposed else lowering.gather_window
     shift = -outer.stride[0] if spec.transposed else 1
-    for first, rows in _row_runs(in_outer[0], pieces):
+    for first, rows in row_runs(in_outer[0], pieces):
         frames = rows * math.prod(in_outer[1:])
         xs = src[first : first + rows].reshape((frames * batch, channels, *x.shape[2 + n_outer :]))
         slabs = lowering.native_lowered(xs, w, None, inner)
@@ -362,7 +367,7 @@ def _spread_phases(
     most = math.ceil(size[0] / min(max(pieces, 1), max(size[0], 1)))
     for where, frames, taps, w in _phase_calls(weight, outer, size):
         x_phase = x[where].permute(_after_batch(n_outer, rank))
-        for first, rows in _row_runs(frames[0], math.ceil(frames[0] / most)) if taps and 0 not in frames else ():
+        for first, rows in row_runs(frames[0], math.ceil(frames[0] / most)) if taps and 0 not in frames else ():
             piece = (rows, *frames[1:])
             xs = x_phase[:, first : first + rows].reshape((batch * math.prod(piece), channels, *x.shape[2 + n_outer :]))
             slabs = lowering.native_lowered(xs, w, None, inner)

@@ -133,7 +133,7 @@ def winograd(
     input_transform, kernel_transform, output_transform = TRANSFORMS[m]
     taps = weight.unbind(2)
     y = x.new_empty((x.shape[0], weight.shape[0], out, *inner.output_size(x.shape[3:])))
-    for first, count in strategies._row_runs(math.ceil(out / m), pieces):
+    for first, count in strategies.row_runs(math.ceil(out / m), pieces):
         started = [False] * m
         for i, (row, g_row) in enumerate(zip(input_transform, kernel_transform)):
             u = _transformed(x, row, m, low, first, count)  # (B * T, C, *inner), the run's tiles in the batch
