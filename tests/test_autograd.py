@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
 import convnd
@@ -259,3 +261,36 @@ def test_phase_backward_takes_over_from_16_channels_where_the_output_is_no_large
     assert not pays((2, 8, 10, 10, 20, 20), (8, 8, 3, 3, 3, 3), 2 * 8 * 5 * 5 * 10 * 10)  # 8 channels
     assert not pays((2, 16, 8, 8, 16, 16), (32, 16, 3, 3, 3, 3), 2 * 32 * 8 * 8 * 16 * 16)  # output twice the input
     assert pays((1, 16, 8, 16, 16, 16), (16, 16, 3, 3, 3, 3), 16 * 8 * 16 * 16 * 16)  # equal sizes
+
+
+@given(data=st.data())
+def test_phase_backward_matches_autograd_through_unfold_on_random_configs(data):
+    # random 4-d and 5-d convolutions with 16 input channels per group, the first dims lowered: strides, dilations,
+    # kernels and padding pairs along them make phases with one, several or no taps
+    dims = data.draw(st.sampled_from([4, 5]))
+    lowered = dims - 3
+    groups = data.draw(st.sampled_from([1, 2]))
+    kernel = tuple(data.draw(st.integers(1, 3)) for _ in range(dims))
+    stride = tuple(data.draw(st.integers(1, 3)) for _ in range(lowered)) + (1,) * 3
+    dilation = tuple(data.draw(st.integers(1, 2)) for _ in range(lowered)) + (1,) * 3
+    padding = (
+        tuple((data.draw(st.integers(0, 2)), data.draw(st.integers(0, 2))) for _ in range(lowered)) + ((0, 0),) * 3
+    )
+    size = tuple(
+        data.draw(st.integers(max(1, d * (k - 1) + 1 - lo - hi), 6))
+        for k, d, (lo, hi) in zip(kernel, dilation, padding)
+    )
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 99)))
+    x = torch.randn((1, 16 * groups, *size), generator=gen, dtype=torch.float64)
+    w = torch.randn((2 * groups, 16, *kernel), generator=gen, dtype=torch.float64)
+    kw = {"stride": stride, "dilation": dilation, "padding": padding, "groups": groups}
+    g = torch.randn(convnd.conv(x, w, **kw).shape, generator=gen, dtype=torch.float64)
+    if g.numel() > x.numel():
+        return  # the phase backward is for outputs no larger than the input
+    grads = {}
+    for name, custom in (("fold", True), ("unfold", False)):
+        leaves = [x.clone().requires_grad_(), w.clone().requires_grad_()]
+        with convnd.strategy(name, custom_backward=custom, native_axes=range(lowered, dims)):
+            grads[name] = torch.autograd.grad(convnd.conv(*leaves, **kw), leaves, g)
+    for ours, theirs in zip(grads["fold"], grads["unfold"]):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-9)

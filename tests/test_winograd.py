@@ -8,6 +8,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.autograd import gradcheck
 
 import convnd
@@ -187,3 +189,23 @@ def test_half_precision_runs_fold(dtype, monkeypatch):
         with convnd.strategy(name, native_axes=FIRST_LOWERED):
             results[name] = convnd.conv(x, w, b, padding=1)
     assert torch.equal(results["winograd"], results["fold"])
+
+
+@given(data=st.data())
+def test_winograd_matches_the_reference_on_random_configs(data):
+    # a 3-wide kernel along the lowered dim with any padding pair; the native dims anything; runs of tiles or one
+    lo, hi = data.draw(st.integers(0, 4)), data.draw(st.integers(0, 4))
+    frames = data.draw(st.integers(max(1, 3 - lo - hi), 13))
+    kernel = (3, *(data.draw(st.integers(1, 3)) for _ in range(3)))
+    groups = data.draw(st.sampled_from([1, 2]))
+    kw = {
+        "padding": ((lo, hi), *(data.draw(st.integers(0, 1)) for _ in range(3))),
+        "stride": (1, *(data.draw(st.integers(1, 2)) for _ in range(3))),
+        "groups": groups,
+    }
+    x, w, b = _operands((data.draw(st.integers(1, 2)), 2 * groups, frames, 3, 4, 3), (2 * groups, 2, *kernel),
+                        seed=data.draw(st.integers(0, 99)))  # fmt: skip
+    budget = data.draw(st.sampled_from([None, 1, 3000]))
+    with convnd.strategy("winograd", native_axes=FIRST_LOWERED, max_memory=budget):
+        y = convnd.conv(x, w, b, **kw)
+    np.testing.assert_allclose(y.numpy(), _oracle(x, w, b, kw), rtol=0, atol=1e-10)
