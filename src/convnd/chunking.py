@@ -97,9 +97,7 @@ def run_within(
         per_piece = max(n for n in range(1, x.shape[0] + 1) if fits((n, *x.shape[1:])))
         for rows in _split(x.shape[0], math.ceil(x.shape[0] / per_piece)):
             y[rows] = lowering.lowered(x[rows], weight, None, spec, how)
-    if bias is not None:
-        y = y.add_(bias.reshape((-1,) + (1,) * spec.dims))  # in place: y is this call's own buffer
-    return y
+    return lowering.add_bias(y, bias)
 
 
 def fold_pieces(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, how: lowering.Plan) -> int:

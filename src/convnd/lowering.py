@@ -197,6 +197,12 @@ def doubled(shape: Sequence[int], spec: ConvSpec) -> bool:
     return shape[0] == 1 and spec.groups == 1 and math.prod(shape[:4]) <= 20480 and not large_kernel
 
 
+def add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``y + bias`` over the channel axis (dim 1), in place: every caller passes an output buffer of its own
+    (a fresh result, never an input or a tensor autograd saved), so no extra output-sized pass is allocated."""
+    return y if bias is None else y.add_(bias.reshape((-1,) + (1,) * (y.dim() - 2)))
+
+
 def native_backward(
     grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, needs: tuple[bool, bool]
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -290,10 +296,7 @@ def _tapsum(
         # add_ on the view, not `+=`: Python's `yp[i] += v` also runs yp[i] = ..., a copy that autograd
         # rejects once the indexed view is yp itself (a slice covering a whole dim)
         yp[tuple(dst for _, dst in windows)].add_(ys)
-    y = yp.permute(from_front).contiguous()  # channels_last sums: into the standard layout
-    if bias is not None:
-        y = y.add_(bias.reshape((out_channels,) + (1,) * spec.dims))  # in place: y is this call's own buffer
-    return y
+    return add_bias(yp.permute(from_front).contiguous(), bias)  # channels_last sums: into the standard layout
 
 
 def _covers(windows: tuple[Window, ...], out_size: Sequence[int]) -> bool:

@@ -311,11 +311,11 @@ def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_sh
 
 def _phase_products(size: int, kernel: int, stride: int, dilation: int, low: int) -> int:
     """Along one outer dim: (frame, tap) pairs where the tap reads the frame's phase, summed over phases
-    (``size * kernel`` with stride 1)."""
+    (``size * kernel`` with stride 1; :func:`convnd.strategies.phase_taps`)."""
     return sum(
         [
-            len(range(r, size, stride)) * sum([(r - t * dilation + low) % stride == 0 for t in range(kernel)])
-            for r in range(stride)
+            len(range(r, size, stride)) * len(taps)
+            for r, taps in enumerate(strategies.phase_taps(stride, dilation, kernel, low))
         ]
     )
 
@@ -371,8 +371,8 @@ def cost(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], 
         rate = _rate(inner, g["per_group_out"], g["per_group_in"])
         return flops / rate + traffic * calls / 2 + calls * _CALL
     if name == "spread" or (name == "fold" and g["spec"].transposed):
-        # the outer taps are the native call's extra output channels; a forward one computes every input
-        # frame's taps (a strided outer dim: more than the convolution needs), then adds each slab into place
+        # the outer taps are the native call's extra output channels (a forward one over strided outer dims: per
+        # phase, only the taps that read it, counted in "slabs"), then each slab is added into place
         rate = _rate(inner, g["per_group_out"] * g["outer_taps"], g["per_group_in"])
         native = g["macs"] if g["spec"].transposed else g["slabs"] * g["per_group_in"] * g["inner_taps"]
         return 2 * native / rate + traffic + _CALL
@@ -386,7 +386,7 @@ def cost(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], 
             # fold 1.62-1.70 ms, spread's phases 1.41-1.50 ms (in a tight loop both 1.4-1.5 ms)
             traffic *= 2
         return flops / rate + traffic + _CALL
-    if name == "winograd":  # 4 native calls per tile of 2 output frames (F(2, 3)), transforms as passes of adds
+    if name == "winograd":  # m + 2 native calls per tile of m output frames (F(m, 3)), transforms as passes of adds
         if not winograd.applies(g["spec"], how.native_rank):
             return math.inf
         rate = _rate(inner, g["per_group_out"], g["per_group_in"])

@@ -247,11 +247,21 @@ def _phase_calls(weight: torch.Tensor, outer: ConvSpec, size: tuple[int, ...]):
         yield where, frames, taps, w
 
 
+def phase_taps(stride: int, dilation: int, kernel: int, low: int) -> list[list[tuple[int, int]]]:
+    """Along one outer dim, per residue r of the input frames mod ``stride``: the taps that read frames of that
+    residue, each with its shift (output ``o = j + shift`` reads the residue's frame ``j``, input frame
+    ``r + stride * j = o * stride + t * dilation - low``)."""
+    return [
+        [(t, (r - t * dilation + low) // stride) for t in range(kernel) if (r - t * dilation + low) % stride == 0]
+        for r in range(stride)
+    ]
+
+
 def _phases(outer: ConvSpec):
     """Each phase (per-dim residue mod stride) with its taps: (flat tap, per-dim shift) pairs."""
-    per_dim = []
-    for s, d, k, (lo, _) in zip(outer.stride, outer.dilation, outer.kernel, outer.padding):
-        per_dim.append([[(t, (r - t * d + lo) // s) for t in range(k) if (r - t * d + lo) % s == 0] for r in range(s)])
+    per_dim = [
+        phase_taps(s, d, k, lo) for s, d, k, (lo, _) in zip(outer.stride, outer.dilation, outer.kernel, outer.padding)
+    ]
     for phase in itertools.product(*(range(s) for s in outer.stride)):
         combos = itertools.product(*(dim[r] for dim, r in zip(per_dim, phase)))
         yield phase, [(_flat_tap(tuple(t for t, _ in c), outer.kernel), tuple(h for _, h in c)) for c in combos]
@@ -322,7 +332,7 @@ def spread(
     out_outer = outer.output_size(in_outer)
     if not spec.transposed and any(s > 1 for s in outer.stride):
         y = _spread_phases(x, weight, outer, inner, pieces)
-        return y if bias is None else y.add_(bias.reshape((out_channels,) + (1,) * spec.dims))
+        return lowering.add_bias(y, bias)
     w = _taps_as_outputs(weight, spec, n_outer)
     src = x.permute(_outer_first(n_outer, 2, rank))
     # accumulated in place in the output (a view with the outer dims first; each slab's inner dims are
@@ -345,9 +355,7 @@ def spread(
                 slab = slabs[(*(s for s, _ in windows), Ellipsis, *tap, *(slice(None),) * rank)]
                 y_outer[tuple(dst for _, dst in windows)].add_(slab)
         del xs, slabs  # before the next piece's: one piece's at a time
-    if bias is not None:
-        y = y.add_(bias.reshape((out_channels,) + (1,) * spec.dims))  # in place: y is this call's own buffer
-    return y
+    return lowering.add_bias(y, bias)
 
 
 def _spread_phases(
@@ -426,10 +434,7 @@ def band(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec:
     w = band_weight(weight, outer, size, out_outer)
     merged = x.reshape((batch, channels * math.prod(size), *x.shape[2 + n_outer :]))
     y = lowering.native_lowered(merged, w, None, inner)
-    y = y.reshape((batch, out_channels, *out_outer, *y.shape[2:]))
-    if bias is not None:
-        y = y + bias.reshape((-1,) + (1,) * spec.dims)
-    return y
+    return lowering.add_bias(y.reshape((batch, out_channels, *out_outer, *y.shape[2:])), bias)
 
 
 def band_weight(weight: torch.Tensor, outer: ConvSpec, size: tuple[int, ...], out: tuple[int, ...]) -> torch.Tensor:
@@ -528,10 +533,9 @@ def unfold(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spe
     )  # the storage offset defaults to x's own (passing x.storage_offset() breaks torch.compile's trace)
     w = weight.reshape((groups, weight.shape[0] // groups, channels // groups, *spec.kernel))
     o, k = string.ascii_uppercase[:n], string.ascii_uppercase[n : 2 * n]
-    y = torch.einsum(f"bgc{o}{k},gxc{k}->bgx{o}", view, w).reshape((batch, weight.shape[0], *out))
-    if bias is not None:
-        y = y + bias.reshape((-1,) + (1,) * n)
-    return y
+    return lowering.add_bias(
+        torch.einsum(f"bgc{o}{k},gxc{k}->bgx{o}", view, w).reshape((batch, weight.shape[0], *out)), bias
+    )
 
 
 def _unfold_transposed(
@@ -572,10 +576,7 @@ def _unfold_transposed(
         for tap, windows in lowering.tap_windows(lowering.scatter_window, spec, tuple(size), tuple(out)):
             if windows is not None:
                 y[(Ellipsis, *(dst for _, dst in windows))].add_(cols[(Ellipsis, *(src for src, _ in windows), *tap)])
-    y = y.reshape((batch, groups * per_group_out, *out))
-    if bias is not None:
-        y = y + bias.reshape((-1,) + (1,) * n)
-    return y.contiguous()
+    return lowering.add_bias(y.reshape((batch, groups * per_group_out, *out)).contiguous(), bias)
 
 
 # --- fft ------------------------------------------------------------------------------
@@ -620,10 +621,9 @@ def fft(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: 
     # output o is circular position o * stride - low: roll the low padding back in front, then stride
     y = torch.roll(y, tuple(lo for lo, _ in spec.padding), axes)
     out = spec.output_size(x.shape[2:])
-    y = y[(Ellipsis, *(slice(0, (o - 1) * s + 1, s) for o, s in zip(out, spec.stride)))].contiguous()
-    if bias is not None:
-        y = y + bias.reshape((-1,) + (1,) * n)
-    return y
+    return lowering.add_bias(
+        y[(Ellipsis, *(slice(0, (o - 1) * s + 1, s) for o, s in zip(out, spec.stride)))].contiguous(), bias
+    )
 
 
 _NO_FFT = (torch.float16, torch.bfloat16)

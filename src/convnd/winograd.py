@@ -132,12 +132,12 @@ def winograd(
     m = tile(out)
     input_transform, kernel_transform, output_transform = TRANSFORMS[m]
     taps = weight.unbind(2)
+    kernels = [_combination([(c, t) for c, t in zip(g_row, taps) if c]) for g_row in kernel_transform]  # G w, once
     y = x.new_empty((x.shape[0], weight.shape[0], out, *inner.output_size(x.shape[3:])))
     for first, count in strategies.row_runs(math.ceil(out / m), pieces):
         started = [False] * m
-        for i, (row, g_row) in enumerate(zip(input_transform, kernel_transform)):
+        for i, (row, g) in enumerate(zip(input_transform, kernels)):
             u = _transformed(x, row, m, low, first, count)  # (B * T, C, *inner), the run's tiles in the batch
-            g = _combination([(c, t) for c, t in zip(g_row, taps) if c])
             products = lowering.native_lowered(u, g, None, inner)
             products = products.unflatten(0, (x.shape[0], count)).transpose(1, 2)  # (B, C_out, T, *inner_out)
             for r, coefficients in enumerate(output_transform):
@@ -146,9 +146,7 @@ def winograd(
                     _add_to(frames, products.narrow(2, 0, frames.shape[2]), coefficients[i], started[r])
                     started[r] = True
             del u, products  # one transformed frame set and its products at a time
-    if bias is not None:
-        y = y.add_(bias.reshape((-1,) + (1,) * spec.dims))  # in place: y is this call's own buffer
-    return y
+    return lowering.add_bias(y, bias)
 
 
 def _transformed(x: torch.Tensor, row: tuple[int, ...], m: int, low: int, first: int, count: int) -> torch.Tensor:
