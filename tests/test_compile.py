@@ -190,3 +190,19 @@ def test_winograd_compiles_to_one_bit_identical_graph(device) -> None:
         got = _forward_backward(torch.compile(module, fullgraph=True, backend="aot_eager"), x)
     for what, g, e in zip(["output", "input grad", "weight grad", "bias grad"], got, expected):
         assert torch.equal(g, e), f"winograd: {what} differs"
+
+
+@pytest.mark.parametrize("max_memory", [None, 4096])
+def test_unpatching_compiles_to_one_graph_with_inductor_and_its_gradients(max_memory, device) -> None:
+    # a transposed kernel tiling its stride: unfold's native 1-d calls, whole or in runs of input rows; the
+    # inference form adds the bias in its copy eagerly (out= into a view), which inductor could not lower
+    torch.manual_seed(0)
+    module = Functional(convnd.conv_transpose, (4, 2, 2, 2, 2, 2), stride=2).to(device)
+    x = torch.randn((1, 4, 3, 4, 3, 3), device=device)
+    with convnd.strategy("unfold", max_memory=max_memory):
+        with torch.no_grad():  # inductor: at float32 tolerance (module docstring)
+            torch.testing.assert_close(torch.compile(module, fullgraph=True)(x), module(x), rtol=1e-5, atol=1e-5)
+        expected = _forward_backward(module, x)
+        got = _forward_backward(torch.compile(module, fullgraph=True, backend="aot_eager"), x)
+    for what, g, e in zip(["output", "input grad", "weight grad", "bias grad"], got, expected):
+        assert torch.equal(g, e), f"un-patching: {what} differs"

@@ -152,6 +152,7 @@ def test_tapsum_recipe_counts_the_native_calls_lowering_makes(monkeypatch):
     [
         ("ConvNd(4, 3, 3, padding=1, dims=4)", (2, 4, 5, 4, 6, 5)),
         ("ConvTransposeNd(4, 2, (2, 3, 2, 2), stride=2, groups=2)", (1, 4, 3, 4, 3, 3)),
+        ("ConvTransposeNd(4, 2, 2, stride=2, dims=4)", (1, 4, 3, 4, 3, 3)),  # un-patching: unfold's are 1-d
         ("ConvNd(2, 4, 3, padding=1, dims=5)", (2, 3, 3, 4, 3, 4)),
         ("ConvNd(4, 4, (3, 3, 3, 3), padding=1, channel_dim=-1)", (1, 6, 5, 5, 4, 4)),  # channels-last: no band
     ],
@@ -167,6 +168,15 @@ def test_convnd_runs_it_names_the_plan_that_runs_and_counts_its_native_calls(spe
     if name is not None and not (name == "band" and "channel_dim" in spec):
         assert e.convnd_plan.strategy == name
     assert e.convnd_plan.strategy in convnd.selection.STRATEGIES
+
+
+def test_unpatching_is_named_with_the_rank_of_the_calls_that_run():
+    # the plan's native rank is 3, but un-patching runs transposed 1-d calls (the rank the record shows)
+    e = convnd.explain("ConvTransposeNd(16, 8, 2, stride=2, dims=4)", (1, 16, 6, 6, 12, 12))
+    assert (e.convnd_plan.strategy, e.convnd_plan.rank) == ("unfold", 1)
+    assert e.convnd_plan.summary.startswith(f"{e.convnd_plan.native_calls} native 1-d call")
+    assert "un-patching: each kernel tiles its stride" in e.convnd_plan.summary
+    assert e.convnd_plan.steps[0] == "1-d calls over dim 3, runs of input rows of dim 0"
 
 
 @pytest.mark.parametrize(

@@ -270,6 +270,82 @@ def test_fold_and_spread_in_pieces_are_exact(name, dims, kw, max_memory, monkeyp
         np.testing.assert_allclose(whole.numpy(), y.numpy(), rtol=0, atol=1e-12)  # runs add in another order
 
 
+# un-patching (a transposed kernel that tiles its stride): uncropped with bias, cropped, output_padding past the
+# last tile, groups, unequal tiles per dim, 5-d
+UNPATCH = [
+    (4, (2, 2, 2, 2), {}),
+    (4, (3, 2, 3, 2), {"padding": (1, 0, 0, 1), "output_padding": (0, 1, 2, 0), "groups": 2}),
+    (4, (1, 2, 3, 2), {"output_padding": (0, 1, 0, 1)}),
+    (5, (2, 1, 2, 1, 2), {"padding": (0, 0, 1, 0, 0), "groups": 2}),
+]
+
+
+@pytest.mark.parametrize(("dims", "kernel", "kw"), UNPATCH)
+@pytest.mark.parametrize("budget", ["one byte", "half its workspace", "unbounded"])
+def test_unpatching_is_exact_in_runs_of_input_rows(dims, kernel, kw, budget, monkeypatch):
+    """unfold's transposed form when kernels tile their strides: one native 1-d transposed call per run of input
+    rows of the plan's first dim, one run per row when nothing fits, one run when everything does."""
+    kw = {"transposed": True, "stride": kernel, **kw}
+    gen = torch.Generator().manual_seed(dims)
+    x = torch.randn((2, 4, *SIZE[:dims]), generator=gen, dtype=torch.float64)
+    w = torch.randn((4, 3, *kernel), generator=gen, dtype=torch.float64)
+    b = torch.randn(3 * kw.get("groups", 1), generator=gen, dtype=torch.float64)
+    spec = make_spec(kernel, **kw)
+    how = lowering.plan(spec, input_shape=tuple(x.shape), weight_shape=tuple(w.shape))
+    rows = x.shape[2 + selection.axis_order(dims, how.native_rank, how.native_axes)[0]]  # the plan's first dim
+    whole = selection.workspace("unfold", spec, how, tuple(x.shape), tuple(w.shape)) * x.element_size()
+    max_memory = {"one byte": 1, "half its workspace": whole // 2, "unbounded": 1 << 40}[budget]
+    calls = []
+    native = torch.nn.functional.conv_transpose1d
+    monkeypatch.setattr(strategies.F, "conv_transpose1d", lambda *a, **k: calls.append(a[0].shape) or native(*a, **k))
+    with convnd.strategy("unfold", max_memory=max_memory):
+        y = _run(x, w, b, kw)
+    np.testing.assert_allclose(y.numpy(), _oracle(x, w, b, kw), rtol=0, atol=1e-10)
+    assert y.is_contiguous()
+    assert len(calls) == {"one byte": rows, "half its workspace": math.ceil(rows / (rows // 2)), "unbounded": 1}[budget]
+
+
+def test_unpatching_adds_the_bias_in_its_copy_only_without_gradients():
+    # the fused bias (out=) records no gradient: with one requested, the copy and the bias add are separate
+    kw = {"transposed": True, "stride": 2}
+    x, w, b = (t.float() for t in _operands(4, kw))
+    w = w[..., :2, :2, :2, :2].contiguous()
+    with convnd.strategy("unfold"):
+        fused = _run(x, w, b, kw)
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        graph = _run(*leaves, kw)
+    assert torch.equal(fused, graph.detach())
+    graph.square().sum().backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in leaves)
+
+
+def test_unpatching_gradients_match_finite_differences():
+    kw = {"transposed": True, "stride": (2, 1, 2, 1), "padding": (1, 0, 0, 0), "groups": 2}
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn((1, 4, 2, 3, 2, 3), generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn((4, 1, 2, 1, 2, 1), generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, generator=gen, dtype=torch.float64, requires_grad=True)
+    with convnd.strategy("unfold", max_memory=1):  # in runs of input rows, too
+        assert torch.autograd.gradcheck(lambda *t: _run(*t, kw), (x, w, b))
+
+
+def test_the_planner_unpatches_where_kernels_tile_their_strides():
+    # seven shapes (1-128 channels, tiles of 2 and 3) where un-patching measured 1.05-1.8x faster than spread
+    shapes = [
+        ((1, 16, 6, 6, 12, 12), 8, 2),
+        ((2, 32, 4, 4, 8, 8), 16, 2),
+        ((1, 8, 4, 4, 6, 6), 8, 3),
+        ((1, 64, 4, 4, 8, 8), 32, 2),
+        ((2, 16, 3, 4, 5, 6), 8, 2),
+        ((1, 128, 4, 4, 8, 8), 64, 2),
+        ((1, 4, 8, 8, 16, 16), 4, 2),
+    ]
+    for x_shape, out_channels, k in shapes:
+        spec = make_spec((k,) * 4, stride=k, transposed=True)
+        w_shape = (x_shape[1], out_channels, *(k,) * 4)
+        assert lowering.plan(spec, input_shape=x_shape, weight_shape=w_shape).strategy == "unfold", x_shape
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

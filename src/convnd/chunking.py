@@ -4,7 +4,8 @@ A lowering strategy's temporary buffers scale with the part of the output it com
 (:func:`convnd.selection.workspace` estimates them). When the whole convolution's
 estimate exceeds the plan's budget, ``fold`` splits its folded batch into runs of output
 rows of the first lowered dim (:func:`convnd.strategies.fold`: no halos, one native call
-each) and ``spread`` runs runs of input frames (:func:`convnd.strategies.spread`); the other
+each), ``spread`` runs runs of input frames (:func:`convnd.strategies.spread`), ``winograd``
+runs of tiles and un-patching ``unfold`` runs of input rows; the other
 strategies split the batch, then the first lowered spatial dim, each piece running as its own
 convolution over the input rows it reads, with that piece's share of the padding (transposed:
 each piece of input rows adds its full output where it lands, since the pieces overlap).
@@ -76,6 +77,9 @@ def run_within(
         ):
             return run_within(x, weight, bias, spec, replace(how, strategy="fold"))
         pieces = selection.winograd_pieces(spec, how, tuple(x.shape), tuple(weight.shape), x.element_size())
+        return lowering.lowered(x, weight, bias, spec, how, pieces)
+    if how.strategy == "unfold" and spec.transposed and selection.tiles(spec):  # runs of input rows, no overlap
+        pieces = selection.unpatch_pieces(spec, how, tuple(x.shape), tuple(weight.shape), x.element_size())
         return lowering.lowered(x, weight, bias, spec, how, pieces)
     if how.strategy == "spread":  # spread runs runs of input frames, each adding into the one output
         spread = selection.spread_pieces(spec, how, tuple(x.shape), tuple(weight.shape), limit // x.element_size())

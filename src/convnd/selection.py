@@ -349,10 +349,13 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
         # the banded weight, oneDNN's reordered copy of it, and the native call's copies of its merged input and output
         return 2 * g["band_weight"] + native
     if name == "unfold":
+        if g["spec"].transposed and tiles(g["spec"]):
+            # un-patching: the input moved, the native 1-d call's result and oneDNN's copy of it (measured peak of
+            # the bench's 4d-transposed in one piece: within 1% of this)
+            return g["in"] + 2 * g["out"]
         if g["spec"].transposed:
-            # every tap's columns of every input position; col2im adds them into a zeroed output unless they tile it
-            columns = g["macs"] // max(g["per_group_in"], 1)
-            return g["in"] + columns + (0 if tiles(g["spec"]) else g["out"])
+            # every tap's columns of every input position; col2im adds them into a zeroed output
+            return g["in"] + g["macs"] // max(g["per_group_in"], 1) + g["out"]
         return g["dense_macs"] // max(g["per_group_out"], 1) + g["out"]
     # fft: input, output and weight spectra (complex halves, about one real element per point) and the inverse
     per_point = g["batch"] * (g["channels"] + 2 * g["out_channels"]) + g["out_channels"] * g["per_group_in"]
@@ -400,6 +403,11 @@ def cost(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], 
         rate = _rate(inner * g["outer_in"], g["per_group_out"] * g["outer_out"], g["per_group_in"] * g["outer_in"])
         return band_flops / (rate * _BAND_FILL) + traffic + _CALL
     if name == "unfold":
+        if g["spec"].transposed and tiles(g["spec"]):
+            # un-patching: that GEMM inside one native call, then one permute: the input and the output moved once
+            # (fitted to seven tiling shapes, where it ran 1.05-1.8x faster than spread, the next fastest)
+            gemm = flops / _rate(g["per_group_in"], g["per_group_out"] * taps, gemm=True)
+            return gemm + (g["in"] + g["out"]) * _SECONDS_PER_ELEMENT + _CALL
         if g["spec"].transposed:  # (B * S_in, C/G) @ (C/G, C_out/G * taps), then col2im
             return flops / _rate(g["per_group_in"], g["per_group_out"] * taps, gemm=True) + 2 * traffic
         return 2 * g["dense_macs"] / _rate(inner * g["outer_taps"], g["per_group_out"], gemm=True) + traffic
@@ -440,8 +448,8 @@ def chunked_cost(
             return whole
         pieces = winograd_pieces(spec, how, x_shape, w_shape, 4)
         # a run of one tile of one sample runs as a batch of two (lowering.native_lowered): twice the work
-        tiles = math.ceil(g["first_out"] / winograd.tile(g["first_out"]))
-        batch = g["batch"] * g["outer_rest"] * math.ceil(tiles / pieces)
+        runs = math.ceil(g["first_out"] / winograd.tile(g["first_out"]))
+        batch = g["batch"] * g["outer_rest"] * math.ceil(runs / pieces)
         return whole * (2 if _doubled(g, batch, g["channels"]) else 1) * (1 + _FOLD_PIECE * (pieces - 1))
     if name == "spread":
         per_frame, fixed = _spread_workspace(spec, how, x_shape, w_shape)
@@ -451,6 +459,8 @@ def chunked_cost(
         # a piece of one frame and one sample runs as a batch of two (lowering.native_lowered): twice the work
         frames = g["batch"] * g["outer_rest"] * math.ceil(g["first_in"] / pieces)
         return whole * (2 if _doubled(g, frames, g["channels"]) else 1) * (1 + _FOLD_PIECE * (pieces - 1))
+    if name == "unfold" and g["spec"].transposed and tiles(g["spec"]):  # runs of input rows, each a native call
+        return whole * (1 + _PIECE * (unpatch_pieces(spec, how, x_shape, w_shape, 4) - 1))
     pieces = math.ceil(overshoot)
     if pieces > g["batch"] * max(2, g["first_out"] // 2):
         return math.inf  # even the smallest pieces chunking makes (two rows) would not fit
@@ -469,10 +479,34 @@ def winograd_pieces(
     at most); the run (:func:`convnd.chunking.run_within`) and the cost model both ask here."""
     g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
     tiles = math.ceil(g["first_out"] / winograd.tile(g["first_out"]))
+    return _runs_within("winograd", spec, how, x_shape, w_shape, itemsize, tiles)
+
+
+def unpatch_pieces(
+    spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int], itemsize: int
+) -> int:
+    """How many runs of input rows of the first dim ``unfold`` un-patches in (a transposed convolution whose
+    kernels tile their strides, :func:`convnd.strategies._unpatch`), so that one run's workspace fits the budget."""
+    g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
+    return _runs_within("unfold", spec, how, x_shape, w_shape, itemsize, g["first_in"])
+
+
+def _runs_within(
+    name: str,
+    spec: ConvSpec,
+    how: lowering.Plan,
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    itemsize: int,
+    units: int,
+) -> int:
+    """The fewest runs of ``units`` (equal shares of strategy ``name``'s workspace) whose largest fits the budget;
+    one unit per run at most."""
+    g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
     limit = chunking.budget_bytes(g["in"], g["out"], itemsize, how)
-    whole = workspace("winograd", spec, how, x_shape, w_shape) * itemsize
-    fit = max(1, int(tiles * limit // max(whole, 1)))
-    return math.ceil(tiles / min(fit, tiles))
+    whole = workspace(name, spec, how, x_shape, w_shape) * itemsize
+    fit = max(1, int(units * limit // max(whole, 1)))
+    return math.ceil(units / min(fit, units))
 
 
 def fold_piece_count(
