@@ -40,7 +40,7 @@ def run(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, how: lowering.Plan
 ) -> torch.Tensor:
     """A batched lowered convolution, with the custom backward when a gradient is needed and the plan asks."""
-    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    wants_grad = lowering.wants_grad(x, weight, bias)
     if not (wants_grad and how.custom_backward):
         return chunking.run_within(x, weight, bias, spec, how)
     if how.strategy == "measure":  # settle the choice now: the backward follows the strategy that ran

@@ -318,7 +318,7 @@ def bench_workload(
     runners.update(peers(w, backward))
     seconds = time_runners(w, runners, backward=backward, rounds=rounds, gemm=gemm, progress=progress)
     rate = 2 * gemm**3 / seconds.pop(GEMM)
-    return Result(w, backward, seconds, rate, plan=plan_name(w))
+    return Result(w, backward, seconds, rate, plan=plan_name(w, training=backward))
 
 
 def _applies(name: str, w: Workload) -> bool:
@@ -366,10 +366,11 @@ def _calls(w: Workload) -> int:
     return max(1, min(1000, int(2e7 // max(w.flops(), 1))))
 
 
-def plan_name(w: Workload) -> str:
-    """The strategy (and native dims) convnd's planner picks for ``w``."""
+def plan_name(w: Workload, training: bool = False) -> str:
+    """The strategy (and native dims) convnd's planner picks for ``w``'s forward, or (``training``) when a
+    gradient will be computed."""
     x, weight = w.operands()
-    how = plan(w.spec, input_shape=x.shape, weight_shape=weight.shape)
+    how = plan(w.spec, input_shape=x.shape, weight_shape=weight.shape, training=training)
     axes = f" native dims {how.native_axes}" if how.native_axes else ""
     return f"{how.strategy}{axes}"
 

@@ -15,7 +15,7 @@ import torch
 from .checks import check_operands, check_tensor
 from .errors import fail
 from .layout import DEFAULT_CHANNEL_DIM, resolve_layout
-from .lowering import execute, plan
+from .lowering import execute, plan, wants_grad
 from .spec import ConvSpec, IntOrTuple, PaddingArg, make_spec
 
 
@@ -49,7 +49,8 @@ def run(
     ):
         # torch's own layout and no flip, the common case: nothing to resolve or move, so skip it
         check_operands(input, weight, bias, spec)
-        how = plan(spec, native_rank, input_shape=input.shape, weight_shape=weight.shape)
+        training = spec.dims > 3 and wants_grad(input, weight, bias)  # only lowered plans weigh it: no N <= 3 cost
+        how = plan(spec, native_rank, input_shape=input.shape, weight_shape=weight.shape, training=training)
         return execute(input, weight, bias, spec, how)
     input = check_tensor("input", input)
     layout = resolve_layout(input.dim(), spec.dims, channel_dim, spatial_dims)
@@ -61,7 +62,12 @@ def run(
     x = layout.to_canonical(input)
     check_operands(x, weight, bias, spec)
     how = plan(
-        spec, native_rank, input_shape=x.shape, weight_shape=weight.shape, channels_first=channels_first(x, spec)
+        spec,
+        native_rank,
+        input_shape=x.shape,
+        weight_shape=weight.shape,
+        channels_first=channels_first(x, spec),
+        training=spec.dims > 3 and wants_grad(x, weight, bias),
     )
     y = execute(x, weight, bias, spec, how)
     return layout.from_canonical(y, input.shape)

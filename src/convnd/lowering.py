@@ -75,6 +75,7 @@ def plan(
     input_shape: Sequence[int] | None = None,
     weight_shape: Sequence[int] | None = None,
     channels_first: bool = True,
+    training: bool = False,
 ) -> Plan:
     """Choose how to run ``spec``; ``native_rank`` forces the rank of the native kernels.
 
@@ -88,6 +89,7 @@ def plan(
         input_shape, weight_shape: the operands' shapes (batched or not), for the cost model.
         channels_first: whether the input's memory holds channels before spatial dims (torch's
             layout); False (a channels-last view) rules out ``band``, which would copy it to merge them.
+        training: whether a gradient will be computed (the cost model weighs the backward where it differs).
     """
     rank = min(spec.dims, 3) if native_rank is None else native_rank
     if rank not in NATIVE_RANKS:
@@ -98,7 +100,13 @@ def plan(
         return Plan(rank, "lift")
     # a rank the caller chose (emulate, rewrite) promises the plain tap sum's native calls of that rank
     return selection.choose(
-        spec, rank, input_shape, weight_shape, native_only=native_rank is not None, channels_first=channels_first
+        spec,
+        rank,
+        input_shape,
+        weight_shape,
+        native_only=native_rank is not None,
+        channels_first=channels_first,
+        training=training,
     )
 
 
@@ -203,6 +211,21 @@ def add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return y if bias is None else y.add_(bias.reshape((-1,) + (1,) * (y.dim() - 2)))
 
 
+def contiguous_with_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``add_bias(y.contiguous(), bias)`` for a ``y`` of the caller's own, the bias added in the copy's pass where no
+    gradient is recorded (out= records none) and not under torch.compile (inductor fuses the add itself)."""
+    if bias is None or y.is_contiguous() or wants_grad(y, bias) or torch.compiler.is_compiling():
+        return add_bias(y.contiguous(), bias)
+    return torch.add(
+        y, bias.reshape((-1,) + (1,) * (y.dim() - 2)), out=torch.empty_like(y, memory_format=torch.contiguous_format)
+    )
+
+
+def wants_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records an operation on ``tensors``."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def native_backward(
     grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, needs: tuple[bool, bool]
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -265,7 +288,7 @@ def _tapsum(
     step = scatter_window if spec.transposed else gather_window
     taps = tap_windows(step, outer, tuple(x.shape[2 : 2 + n_outer]), tuple(out_size[:n_outer]))
     yp = None
-    if channels >= 16 and not spec.transposed:
+    if channels_innermost(channels, spec):
         # channels innermost (input and running sum): each tap's slice is a channels_last batch that oneDNN convolves
         # without reorders, its result added in the same layout. Measured 1.1-1.4x faster with 16 or more channels
         # (depthwise about 3x per call), slower with 4 or 8, where oneDNN's blocked kernels win.
@@ -296,7 +319,12 @@ def _tapsum(
         # add_ on the view, not `+=`: Python's `yp[i] += v` also runs yp[i] = ..., a copy that autograd
         # rejects once the indexed view is yp itself (a slice covering a whole dim)
         yp[tuple(dst for _, dst in windows)].add_(ys)
-    return add_bias(yp.permute(from_front).contiguous(), bias)  # channels_last sums: into the standard layout
+    return contiguous_with_bias(yp.permute(from_front), bias)  # channels_last sums: into the standard layout
+
+
+def channels_innermost(channels: int, spec: ConvSpec) -> bool:
+    """Whether :func:`_tapsum` runs on channels-last copies (16 or more channels, forward)."""
+    return channels >= 16 and not spec.transposed
 
 
 def _covers(windows: tuple[Window, ...], out_size: Sequence[int]) -> bool:

@@ -85,10 +85,12 @@ def choose(
     *,
     native_only: bool = False,
     channels_first: bool = True,
+    training: bool = False,
 ) -> lowering.Plan:
     """The plan for N > r: forced settings first, then the cost model (tapsum without shapes).
 
     ``channels_first`` False (a channels-last input) leaves ``band`` out of the cost model's candidates.
+    ``training``: a gradient will be computed, which the cost model weighs (see :func:`cost`).
 
     ``native_only`` is for callers that chose the rank (``emulate``, ``rewrite``): their plans
     are the plain tap sum over the trailing dims unless :func:`strategy` says otherwise, so the
@@ -109,7 +111,7 @@ def choose(
     base = lowering.Plan(rank, "tapsum", axes, budget)
     if name is None:
         candidates = STRATEGIES if channels_first else tuple(s for s in STRATEGIES if s != "band")
-        name = cheapest(spec, base, x_shape, tuple(weight_shape), candidates)
+        name = cheapest(spec, base, x_shape, tuple(weight_shape), candidates, training)
     if custom is None:
         macs = _geometry(spec, base, x_shape, tuple(weight_shape))["macs"]
         custom = custom_backward_pays(spec, rank, name, macs)
@@ -123,9 +125,10 @@ def cheapest(
     x_shape: tuple[int, ...],
     w_shape: tuple[int, ...],
     candidates: tuple[str, ...] = STRATEGIES,
+    training: bool = False,
 ) -> str:
     """The strategy the cost model prefers (cached: it is pure arithmetic on hashable arguments)."""
-    costs = [chunked_cost(s, spec, how, x_shape, w_shape) for s in candidates]
+    costs = [chunked_cost(s, spec, how, x_shape, w_shape, training) for s in candidates]
     return candidates[costs.index(min(costs))]  # not min(key=...): torch.compile cannot trace that
 
 
@@ -330,6 +333,10 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
     g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
     native = g["in"] + 2 * g["out"]
     if name == "tapsum":
+        if lowering.channels_innermost(g["channels"], g["spec"]):
+            # the input's channels-last copy, the running sum and one tap's result; oneDNN reads and writes
+            # channels-last batches in place (measured peak of the bench's depthwise whole: 5% below this)
+            return g["in"] + 2 * g["out"]
         # outer dims moved in front, the output and one tap's result, the native copies
         return g["in"] + 2 * g["out"] + native
     if name == "spread" or (name == "fold" and g["spec"].transposed):
@@ -362,8 +369,19 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
     return 2 * per_point * g["fft_size"] + g["in"]  # x2: complex temporaries of the product, measured
 
 
-def cost(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int]) -> float:
-    """Estimated seconds for strategy ``name`` on a CPU: arithmetic at a reduction-dependent rate plus traffic."""
+def cost(
+    name: str,
+    spec: ConvSpec,
+    how: lowering.Plan,
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    training: bool = False,
+) -> float:
+    """Estimated seconds for strategy ``name`` on a CPU: arithmetic at a reduction-dependent rate plus traffic.
+
+    The forward's; ``training`` (a gradient will be computed) only drops the depthwise tap sum's own rate,
+    whose native backward is torch's slow depthwise kernel (see :func:`_depthwise_channels_last`).
+    """
     g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
     traffic = workspace(name, spec, how, x_shape, w_shape) * _SECONDS_PER_ELEMENT
     flops = 2 * g["macs"]
@@ -371,6 +389,13 @@ def cost(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], 
     taps = g["outer_taps"] * g["inner_taps"]
     if name == "tapsum":
         calls = g["outer_taps"]
+        if _depthwise_channels_last(g) and not training:
+            # oneDNN's depthwise kernel on channels-last batches, vectorised over the channels: memory-bound, at
+            # about twice _PEAK in the bench's depthwise (3 calls, 0.57 ms); then the input copied in, each tap's
+            # result added and the sum copied out. Fitted to six stride-1 depthwise shapes (16-128 channels, kernels
+            # 3 and 5): fastest on five (1.1-10x band, 1.1-1.4x winograd); band 1.2x faster on 16 channels of 8^4
+            moved = g["in"] + g["out"] * (calls + 1)
+            return flops / _PEAK + moved * _SECONDS_PER_ELEMENT + calls * _CALL
         rate = _rate(inner, g["per_group_out"], g["per_group_in"])
         return flops / rate + traffic * calls / 2 + calls * _CALL
     if name == "spread" or (name == "fold" and g["spec"].transposed):
@@ -419,7 +444,12 @@ def cost(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], 
 
 
 def chunked_cost(
-    name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int]
+    name: str,
+    spec: ConvSpec,
+    how: lowering.Plan,
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    training: bool = False,
 ) -> float:
     """:func:`cost` when the memory budget splits the output into pieces (float32 assumed for a byte budget).
 
@@ -431,7 +461,7 @@ def chunked_cost(
     g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
     limit = chunking.budget_bytes(g["in"], g["out"], 4, how) / 4  # in float32 elements
     overshoot = workspace(name, spec, how, x_shape, w_shape) / max(limit, 1)
-    whole = cost(name, spec, how, x_shape, w_shape)
+    whole = cost(name, spec, how, x_shape, w_shape, training)
     if name == "fold" and not g["spec"].transposed:
         if overshoot > g["first_out"]:
             return math.inf  # even one output row's folded input would not fit
@@ -577,6 +607,20 @@ _FOLD_PIECE = 0.03  # a piece of fold's folded batch costs a native call and a s
 # (band 1.5-1.7x faster than tapsum) and large-kernel one (band in pieces 1.15x slower than tapsum)
 _BAND_FILL = 0.5
 _BLOCK = 16  # oneDNN's channel block on AVX-512: a native call's input channels are padded up to a multiple
+
+
+def _depthwise_channels_last(g: dict[str, Any]) -> bool:
+    """Whether a tap sum runs oneDNN's depthwise kernel on channels-last batches with unit outer strides
+    (:func:`convnd.lowering.channels_innermost`). A strided outer dim gathers every tap's frames in a copy: there
+    spread measured 1.5x faster on a stride-2 depthwise shape, so the generic rate stays. Only the forward is
+    fast: torch's depthwise 3-d backward is not oneDNN's (4.8 ms for both gradients of one call the forward
+    runs in 0.19 ms), and the bench's depthwise forward+backward ran 2x slower than band's."""
+    spec = g["spec"]
+    return (
+        g["per_group_in"] == 1 == g["per_group_out"]
+        and lowering.channels_innermost(g["channels"], spec)
+        and all(s == 1 for s in spec.stride[: g["n_outer"]])
+    )
 
 
 def _rate(reduction: int, outputs: int, channels: int = 1, gemm: bool = False) -> float:

@@ -597,7 +597,12 @@ def _unpatch(
     cropped = low != (0,) * n or out != full[2:]
     # the bias in the copy's pass (out= records no gradient: only without one; inductor cannot lower out= into a
     # view, and fuses the add itself)
-    fused = bias is not None and not cropped and not _wants_grad(x, weight, bias) and not torch.compiler.is_compiling()
+    fused = (
+        bias is not None
+        and not cropped
+        and not lowering.wants_grad(x, weight, bias)
+        and not torch.compiler.is_compiling()
+    )
     y = x.new_empty(full)
     w = weight.reshape((x.shape[1], -1, kernel[-1]))  # the taps but the last after the output channels
     for first, rows in row_runs(size[0], pieces):
@@ -619,10 +624,6 @@ def _unpatch(
     if any(short):
         y = F.pad(y, torch_pad_order(tuple((0, m) for m in short)))
     return lowering.add_bias(y[(Ellipsis, *(slice(lo, lo + o) for lo, o in zip(low, out)))].contiguous(), bias)
-
-
-def _wants_grad(*tensors: torch.Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 # --- fft ------------------------------------------------------------------------------
