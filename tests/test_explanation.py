@@ -179,6 +179,15 @@ def test_unpatching_is_named_with_the_rank_of_the_calls_that_run():
     assert e.convnd_plan.steps[0] == "1-d calls over dim 3, runs of input rows of dim 0"
 
 
+def test_a_plan_that_differs_in_training_is_named():
+    # depthwise: the channels-last tap sum forward, band when a gradient will be computed (tests/test_strategies.py)
+    e = convnd.explain("ConvNd(32, 32, 3, padding=1, groups=32, dims=4)", (2, 32, 8, 8, 16, 16))
+    assert e.convnd_plan.strategy == "tapsum"
+    assert e.convnd_plan.summary.endswith("; when a gradient will be computed, band instead")
+    plain = convnd.explain("ConvNd(4, 3, 3, padding=1, dims=4)", (2, 4, 5, 4, 6, 5))
+    assert "gradient" not in plain.convnd_plan.summary
+
+
 @pytest.mark.parametrize(
     ("spec", "shape", "message"),
     [

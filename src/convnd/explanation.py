@@ -357,6 +357,11 @@ def _planned_recipe(spec: ConvSpec, module: Any, checked: LayerInput, tapsum: Re
         f"force another: with convnd.strategy(name): ...  # one of {', '.join(STRATEGIES)}",
     )
     summary = f"{calls_text}: {words}" + (note if measured else "")
+    training = plan(
+        spec, input_shape=x.shape, weight_shape=weight.shape, channels_first=channels_first(x, spec), training=True
+    )
+    if not measured and training.strategy != how.strategy:  # the cost model weighs the backward where it differs
+        summary += f"; when a gradient will be computed, {training.strategy} instead"
     return Recipe(ran[0] if len(ran) == 1 else how.native_rank, how.strategy, count, summary, steps)
 
 
