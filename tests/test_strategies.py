@@ -11,6 +11,7 @@ import torch
 import convnd
 from convnd import lowering, reference, selection, strategies, transposes
 from convnd.spec import make_spec
+from convnd.testing import NativeConvolutions
 
 STRATEGIES = ("tapsum", "fold", "unfold", "fft", "band", "spread")
 
@@ -332,14 +333,26 @@ def test_unpatching_is_exact_in_runs_of_input_rows(dims, kernel, kw, budget, mon
     rows = x.shape[2 + selection.axis_order(dims, how.native_rank, how.native_axes)[0]]  # the plan's first dim
     whole = selection.workspace("unfold", spec, how, tuple(x.shape), tuple(w.shape)) * x.element_size()
     max_memory = {"one byte": 1, "half its workspace": whole // 2, "unbounded": 1 << 40}[budget]
-    calls = []
-    native = torch.nn.functional.conv_transpose1d
-    monkeypatch.setattr(strategies.F, "conv_transpose1d", lambda *a, **k: calls.append(a[0].shape) or native(*a, **k))
-    with convnd.strategy("unfold", max_memory=max_memory):
+    with convnd.strategy("unfold", max_memory=max_memory), NativeConvolutions() as record:
         y = _run(x, w, b, kw)
     np.testing.assert_allclose(y.numpy(), _oracle(x, w, b, kw), rtol=0, atol=1e-10)
     assert y.is_contiguous()
+    calls = record.calls
+    assert set(calls) == {("forward", 1)}  # transposed 1-d calls: the plan's rank is not pinned
     assert len(calls) == {"one byte": rows, "half its workspace": math.ceil(rows / (rows // 2)), "unbounded": 1}[budget]
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_unpatching_under_a_pinned_rank_runs_native_calls_of_that_rank(rank):
+    # emulate and rewrite promise native convolutions of the rank they chose, un-patching included
+    kw = {"transposed": True, "stride": (2, 1, 2, 2), "padding": (0, 0, 1, 0), "output_padding": (1, 0, 0, 0)}
+    x, w, b = _operands(4, kw)
+    w = w[:, :, :2, :1, :2, :2].contiguous()
+    spec = make_spec((2, 1, 2, 2), **{k: v for k, v in kw.items() if k != "transposed"}, transposed=True)
+    with convnd.strategy("unfold"), NativeConvolutions() as record:
+        y = convnd.functional.run(x, w, b, spec, native_rank=rank)
+    np.testing.assert_allclose(y.numpy(), _oracle(x, w, b, kw), rtol=0, atol=1e-10)
+    assert record.calls and set(record.calls) == {("forward", rank)}
 
 
 def test_unpatching_adds_the_bias_in_its_copy_only_without_gradients():

@@ -1,7 +1,8 @@
 """Plans: how a :class:`ConvSpec` runs on torch's native 1-, 2- and 3-d kernels.
 
-A plan fixes the *native rank* r, the rank of every torch convolution that runs,
-and a *strategy* for the dims that rank cannot hold:
+A plan fixes the *native rank* r, the rank of the torch convolutions that run (``unfold``'s
+un-patching runs 1-d ones: see :mod:`convnd.strategies`), and a *strategy* for the dims that
+rank cannot hold:
 
 - ``direct``: N == r, one native call with the user's own arguments (bit-identical to torch).
 - ``lift``: N < r, singleton spatial dims are prepended; still one native call.
@@ -11,8 +12,9 @@ and a *strategy* for the dims that rank cannot hold:
   output positions that tap writes. Taps that would read only zero padding are skipped,
   so zero padding of outer dims costs no copy. The transposed convolution scatters the
   same way. No loop ever runs over output positions, only over outer kernel taps.
-- ``fold``, ``spread``, ``band``, ``unfold``, ``fft``: the other lowerings past the native rank
-  (:mod:`convnd.strategies`); :mod:`convnd.selection` chooses among them all from the shapes.
+- ``fold``, ``spread``, ``band``, ``unfold``, ``fft``, ``winograd``: the other lowerings past the native rank
+  (:mod:`convnd.strategies`, :mod:`convnd.winograd`); :mod:`convnd.selection` chooses among them all from the
+  shapes and from whether a gradient will be computed.
 
 ``convnd.conv`` (N > 3), ``convnd.emulate`` and ``convnd.rewrite`` all run through here.
 """
@@ -146,9 +148,12 @@ def lowered(
         return move_axes(
             lowered(move_axes(x, order), move_axes(weight, order), bias, spec.select(order), moved, pieces), back
         )
+    rank = how.native_rank
+    if how.strategy == "unfold" and not how.pinned:
+        rank = 1  # un-patching's native calls ran fastest 1-d (strategies._unpatch); emulate/rewrite keep theirs
     if pieces > 1:
-        return LOWERINGS[how.strategy](x, weight, bias, spec, how.native_rank, pieces=pieces)
-    return LOWERINGS[how.strategy](x, weight, bias, spec, how.native_rank)
+        return LOWERINGS[how.strategy](x, weight, bias, spec, rank, pieces=pieces)
+    return LOWERINGS[how.strategy](x, weight, bias, spec, rank)
 
 
 def move_axes(t: torch.Tensor, order: Sequence[int]) -> torch.Tensor:

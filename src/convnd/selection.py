@@ -4,7 +4,8 @@
   and/or a memory budget inside a ``with`` block.
 - :func:`choose` is the default: the native dims are the largest ones; the strategy is
   the cheapest by :func:`cost`, a two-term model (arithmetic at a rate that grows with
-  the GEMM's reduction length, plus memory traffic), calibrated on a 2-core CPU.
+  the GEMM's reduction length, plus memory traffic), calibrated on a 2-core CPU, which
+  also weighs whether a gradient will be computed (``training``) where the backward differs.
 - ``strategy("measure")`` times every strategy once per (spec, shapes, dtype, device)
   and caches the fastest, as ``torch.backends.cudnn.benchmark`` does.
 

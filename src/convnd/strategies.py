@@ -20,7 +20,9 @@ the dims it keeps native to the back):
 - ``band``: the outer dims become channels, one native call with a banded weight.
 - ``unfold``: the whole convolution as one contraction of a strided window view with
   the weight (im2col + batched GEMM over all N dims); for depthwise and grouped
-  weights it is a batched GEMM per group, with no native convolution at all.
+  weights it is a batched GEMM per group, with no native convolution at all. A
+  transposed kernel that tiles its stride (un-patching) runs native transposed 1-d
+  calls instead, which interleave the last dim inside oneDNN (:func:`_unpatch`).
 - ``fft``: convolution theorem with ``torch.fft``: ``O((C_in + C_out) F log F)`` work
   instead of ``O(C_in C_out prod(kernel) F)``, for large kernels. Not exact to the last
   bit: see :func:`fft_error_bound`.
@@ -515,11 +517,11 @@ def unfold(
 ) -> torch.Tensor:
     """The convolution as one einsum of a strided window view with the weight (im2col + batched GEMM).
 
-    ``pieces`` > 1: runs of input rows when un-patching (:func:`_unpatch`); the other forms ignore it.
+    ``pieces`` > 1: runs of input rows when un-patching (:func:`_unpatch`), whose native calls have rank
+    ``rank`` (the planner passes 1 unless the caller pinned the rank); the other forms run none.
     """
-    del rank  # no native convolution of the plan's rank runs
     if spec.transposed:
-        return _unfold_transposed(x, weight, bias, spec, pieces)
+        return _unfold_transposed(x, weight, bias, spec, pieces, rank)
     x = pad_nd(x, spec.padding, spec.padding_mode)
     n, groups = spec.dims, spec.groups
     batch, channels = x.shape[:2]
@@ -544,7 +546,7 @@ def unfold(
 
 
 def _unfold_transposed(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, pieces: int = 1
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, pieces: int = 1, rank: int = 1
 ) -> torch.Tensor:
     """Transposed: one (batched per group) GEMM of the input with the weight gives every tap's
     contribution of every input position (columns), then col2im adds them into place.
@@ -553,7 +555,7 @@ def _unfold_transposed(
     positions). When every kernel exactly tiles its stride, see :func:`_unpatch`.
     """
     if selection.tiles(spec):
-        return _unpatch(x, weight, bias, spec, pieces)
+        return _unpatch(x, weight, bias, spec, pieces, rank)
     n, groups = spec.dims, spec.groups
     batch, channels, size = x.shape[0], x.shape[1], tuple(x.shape[2:])
     per_group_in, per_group_out = channels // groups, weight.shape[1]
@@ -575,20 +577,21 @@ def _unfold_transposed(
 
 
 def _unpatch(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, pieces: int = 1
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, pieces: int = 1, rank: int = 1
 ) -> torch.Tensor:
     """Transposed, every kernel exactly tiling its stride (``kernel == stride``, no dilation: un-patching, as in
     decoders): each output element is one tap's product, so col2im adds nothing, it only interleaves.
 
-    The GEMM and the last dim's interleave are one native transposed 1-d call, the other dims' taps
-    its output channels; the other dims' interleave is then one permute whose runs are whole output
-    rows. The GEMM's columns interleaved by one permute ran 2x slower (its runs are one tile wide: 2
-    elements on the bench's 4-d transposed workload), the forward and backward 2.5-3.7x slower.
+    The GEMM and the last ``rank`` dims' interleave are one native transposed call of that rank, the other
+    dims' taps its output channels; their interleave is then one permute whose runs are whole output rows.
+    Rank 1 ran fastest (0.25 ms for the 1-d call on the bench's 4-d transposed workload, 0.36 and 0.38 for
+    2-d and 3-d ones); the GEMM's columns interleaved by one permute ran 2x slower than the 1-d form (its runs
+    are one tile wide: 2 elements there), the forward and backward 2.5-3.7x slower.
     ``pieces`` > 1 runs runs of input rows of the first dim, each one native call whose result is
     copied into place (the memory budget: a whole native result and oneDNN's copy of it are twice the
     output; one piece measured 15% faster than two on the bench's workload).
     """
-    n = spec.dims
+    n, lead = spec.dims, spec.dims - rank  # the first ``lead`` dims' taps become channels
     batch, size, kernel = x.shape[0], tuple(x.shape[2:]), spec.kernel
     out_channels = weight.shape[1] * spec.groups
     full = (batch, out_channels, *(m * k for m, k in zip(size, kernel)))
@@ -604,17 +607,24 @@ def _unpatch(
         and not torch.compiler.is_compiling()
     )
     y = x.new_empty(full)
-    w = weight.reshape((x.shape[1], -1, kernel[-1]))  # the taps but the last after the output channels
+    w = weight.reshape((x.shape[1], -1, *kernel[lead:]))  # the first dims' taps after the output channels
+    native = make_spec(kernel[lead:], kernel[lead:], groups=spec.groups, transposed=True)
+    # (B, C_out, rows, K_1, S_2, K_2, .., S_lead, K_lead, *L): the native result's dims in y's order
+    order = (
+        0,
+        lead + 1,
+        *(a for i in range(lead) for a in (1 + i, lead + 2 + i)),
+        *range(2 * lead + 2, 2 * lead + 2 + rank),
+    )
     for first, rows in row_runs(size[0], pieces):
         part = x.narrow(2, first, rows)
-        # (B * rows * S_2 .. S_{n-1}, C_in, S_n) -> (.., C_out * K_1 .. K_{n-1}, S_n * K_n)
-        cols = F.conv_transpose1d(part.movedim(1, n).flatten(0, n - 1), w, stride=kernel[-1], groups=spec.groups)
-        cols = cols.reshape((batch, rows, *size[1:-1], out_channels, *kernel[:-1], cols.shape[-1]))
-        # -> (B, C_out, rows, K_1, S_2, K_2, .., S_{n-1}, K_{n-1}, S_n * K_n): a view of y's rows
-        cols = cols.permute((0, n, *(a for i in range(n - 1) for a in (1 + i, n + 1 + i)), 2 * n))
-        dst = y.narrow(2, first * kernel[0], rows * kernel[0]).view(cols.shape)
+        # (B * rows * S_2 .. S_lead, C_in, *S_rest) -> (.., C_out * K_1 .. K_lead, *L) with L = S * K per native dim
+        cols = lowering.native(part.movedim(1, lead + 1).flatten(0, lead), w, None, native)
+        cols = cols.reshape((batch, rows, *size[1:lead], out_channels, *kernel[:lead], *cols.shape[2:]))
+        cols = cols.permute(order)
+        dst = y.narrow(2, first * kernel[0], rows * kernel[0]).view(cols.shape)  # a view of y's rows
         if fused:
-            torch.add(cols, bias.reshape((-1,) + (1,) * (2 * n - 1)), out=dst)
+            torch.add(cols, bias.reshape((-1,) + (1,) * (cols.dim() - 2)), out=dst)
         else:
             dst.copy_(cols)
     if not cropped:
