@@ -391,10 +391,11 @@ def cost(
     if name == "tapsum":
         calls = g["outer_taps"]
         if _depthwise_channels_last(g) and not training:
-            # oneDNN's depthwise kernel on channels-last batches, vectorised over the channels: memory-bound, at
-            # about twice _PEAK in the bench's depthwise (3 calls, 0.57 ms); then the input copied in, each tap's
-            # result added and the sum copied out. Fitted to six stride-1 depthwise shapes (16-128 channels, kernels
-            # 3 and 5): fastest on five (1.1-10x band, 1.1-1.4x winograd); band 1.2x faster on 16 channels of 8^4
+            # oneDNN's depthwise kernel on channels-last batches, vectorised over the channels (measured at about
+            # twice _PEAK in the bench's depthwise: 3 calls, 0.57 ms; priced at _PEAK), then the input copied in,
+            # each tap's result added and the sum copied out. Fitted to six stride-1 depthwise shapes (16-128
+            # channels, kernels 3 and 5): fastest on five (1.1-10x band, 1.1-1.4x winograd); band 1.2x faster on
+            # 16 channels of 8^4
             moved = g["in"] + g["out"] * (calls + 1)
             return flops / _PEAK + moved * _SECONDS_PER_ELEMENT + calls * _CALL
         rate = _rate(inner, g["per_group_out"], g["per_group_in"])
