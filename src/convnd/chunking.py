@@ -78,7 +78,7 @@ def run_within(
             return run_within(x, weight, bias, spec, replace(how, strategy="fold"))
         pieces = selection.winograd_pieces(spec, how, tuple(x.shape), tuple(weight.shape), x.element_size())
         return lowering.lowered(x, weight, bias, spec, how, pieces)
-    if how.strategy == "unfold" and spec.transposed and selection.tiles(spec):  # runs of input rows, no overlap
+    if how.strategy == "unfold" and selection.unpatches(spec):  # runs of input rows, no overlap
         pieces = selection.unpatch_pieces(spec, how, tuple(x.shape), tuple(weight.shape), x.element_size())
         return lowering.lowered(x, weight, bias, spec, how, pieces)
     if how.strategy == "spread":  # spread runs runs of input frames, each adding into the one output

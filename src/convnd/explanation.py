@@ -336,19 +336,19 @@ def _planned_recipe(spec: ConvSpec, module: Any, checked: LayerInput, tapsum: Re
     if how.strategy == "tapsum" and order == tuple(range(spec.dims)) and count == tapsum.native_calls:
         return tapsum  # the spelled-out tap sum is literally what runs
     outer_axes = order[: spec.dims - how.native_rank]
-    unpatch = how.strategy == "unfold" and spec.transposed and selection.tiles(spec)
+    unpatch = how.strategy == "unfold" and selection.unpatches(spec)
     words = _STRATEGY_WORDS["unpatch" if unpatch else how.strategy].format(
         k=tuple(spec.kernel[a] for a in outer_axes),
         taps=math.prod(spec.kernel[a] for a in outer_axes),
         dims=outer_axes,
         n=spec.dims,
     )
-    ran = sorted({rank for _, rank in record.calls})  # the plan's rank, but un-patching's calls are 1-d
-    ranks = "/".join(map(str, ran))
-    calls_text = "no native convolution" if count == 0 else _plural(count, f"native {ranks}-d call")
+    calls_text = "no native convolution" if count == 0 else _plural(count, f"native {how.native_rank}-d call")
     note = " (strategy('measure') times the plausible strategies on the first call; the cost model's pick)"
+    native_axes = order[spec.dims - how.native_rank :]
     where = (
-        f"1-d calls over dim {order[-1]}, runs of input rows of dim {order[0]}"
+        f"{how.native_rank}-d calls over dim{'s' * (how.native_rank > 1)} {', '.join(map(str, native_axes))}, "
+        f"runs of input rows of dim {order[0]}"
         if unpatch
         else f"native dims {tuple(a for a in order if a not in outer_axes)}, lowered dims {outer_axes}"
     )
@@ -362,7 +362,7 @@ def _planned_recipe(spec: ConvSpec, module: Any, checked: LayerInput, tapsum: Re
     )
     if not measured and training.strategy != how.strategy:  # the cost model weighs the backward where it differs
         summary += f"; when a gradient will be computed, {training.strategy} instead"
-    return Recipe(ran[0] if len(ran) == 1 else how.native_rank, how.strategy, count, summary, steps)
+    return Recipe(how.native_rank, how.strategy, count, summary, steps)
 
 
 # what each lowering does, in words (the README's strategy table, shortened)
@@ -381,7 +381,7 @@ _STRATEGY_WORDS = {
     "unfold": "one batched GEMM of the input's sliding windows with the weight, over all {n} dims (im2col + GEMM; "
     "transposed: per-tap columns, then col2im)",
     "unpatch": "un-patching: each kernel tiles its stride, so every output element is one tap's product; one "
-    "transposed 1-d call per run of input rows (the other dims' taps as its output channels), "
+    "native transposed call per run of input rows (the other dims' taps as its output channels), "
     "then one permute interleaves the tiles",
     "fft": "FFT of the input and the kernel over all {n} dims, a channel product per frequency, inverse FFT (exact "
     "up to rounding)",

@@ -1,8 +1,7 @@
 """Plans: how a :class:`ConvSpec` runs on torch's native 1-, 2- and 3-d kernels.
 
-A plan fixes the *native rank* r, the rank of the torch convolutions that run (``unfold``'s
-un-patching runs 1-d ones: see :mod:`convnd.strategies`), and a *strategy* for the dims that
-rank cannot hold:
+A plan fixes the *native rank* r, the rank of every torch convolution that runs,
+and a *strategy* for the dims that rank cannot hold:
 
 - ``direct``: N == r, one native call with the user's own arguments (bit-identical to torch).
 - ``lift``: N < r, singleton spatial dims are prepended; still one native call.
@@ -148,12 +147,9 @@ def lowered(
         return move_axes(
             lowered(move_axes(x, order), move_axes(weight, order), bias, spec.select(order), moved, pieces), back
         )
-    rank = how.native_rank
-    if how.strategy == "unfold" and not how.pinned:
-        rank = 1  # un-patching's native calls ran fastest 1-d (strategies._unpatch); emulate/rewrite keep theirs
     if pieces > 1:
-        return LOWERINGS[how.strategy](x, weight, bias, spec, rank, pieces=pieces)
-    return LOWERINGS[how.strategy](x, weight, bias, spec, rank)
+        return LOWERINGS[how.strategy](x, weight, bias, spec, how.native_rank, pieces=pieces)
+    return LOWERINGS[how.strategy](x, weight, bias, spec, how.native_rank)
 
 
 def move_axes(t: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
@@ -219,7 +215,7 @@ def add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
 def contiguous_with_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``add_bias(y.contiguous(), bias)`` for a ``y`` of the caller's own, the bias added in the copy's pass where no
     gradient is recorded (out= records none) and not under torch.compile (inductor fuses the add itself)."""
-    if bias is None or y.is_contiguous() or wants_grad(y, bias) or torch.compiler.is_compiling():
+    if bias is None or y.is_contiguous() or not out_allowed(y, bias):
         return add_bias(y.contiguous(), bias)
     return torch.add(
         y, bias.reshape((-1,) + (1,) * (y.dim() - 2)), out=torch.empty_like(y, memory_format=torch.contiguous_format)
@@ -229,6 +225,13 @@ def contiguous_with_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Te
 def wants_grad(*tensors: torch.Tensor | None) -> bool:
     """Whether autograd records an operation on ``tensors``."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def out_allowed(*tensors: torch.Tensor | None) -> bool:
+    """Whether a result computed from ``tensors`` may be written through ``out=`` (into a buffer or a view of one):
+    no gradient is recorded (``out=`` records none) and torch.compile is not tracing (dynamo takes no strided
+    ``out=``, inductor cannot lower one into a view, and both fuse such writes themselves)."""
+    return not wants_grad(*tensors) and not torch.compiler.is_compiling()
 
 
 def native_backward(

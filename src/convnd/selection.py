@@ -107,16 +107,25 @@ def choose(
         custom = custom_backward_pays(spec, rank, name) if custom is None else custom
         return lowering.Plan(rank, name, axes or (), budget, custom, pinned=native_only)
     x_shape = _batched(input_shape, spec)
-    if axes is None:
-        axes = largest_axes(x_shape[2:], rank)
-    base = lowering.Plan(rank, "tapsum", axes, budget)
+    base = lowering.Plan(rank, "tapsum", axes or largest_axes(x_shape[2:], rank), budget)
     if name is None:
         candidates = STRATEGIES if channels_first else tuple(s for s in STRATEGIES if s != "band")
         name = cheapest(spec, base, x_shape, tuple(weight_shape), candidates, training)
+    how = running(base, name, spec, x_shape)
     if custom is None:
         macs = _geometry(spec, base, x_shape, tuple(weight_shape))["macs"]
-        custom = custom_backward_pays(spec, rank, name, macs)
-    return lowering.Plan(rank, name, axes, budget, custom)
+        custom = custom_backward_pays(spec, how.native_rank, name, macs)
+    return replace(how, custom_backward=custom)
+
+
+def running(how: lowering.Plan, name: str, spec: ConvSpec, x_shape: Sequence[int]) -> lowering.Plan:
+    """``how`` with strategy ``name``. Un-patching (:func:`unpatches`) runs its native calls 1-d over the largest
+    dim, which measured fastest (:func:`convnd.strategies._unpatch`), unless the rank is pinned (``emulate``,
+    ``rewrite``) or :func:`strategy` forced the native dims."""
+    forced_axes = bool(_FORCED) and _FORCED[-1].get("native_axes") is not None
+    if name == "unfold" and unpatches(spec) and not how.pinned and not forced_axes:
+        return replace(how, strategy=name, native_rank=1, native_axes=largest_axes(x_shape[2:], 1))
+    return replace(how, strategy=name)
 
 
 @trace_safe_cache(maxsize=4096)
@@ -357,7 +366,7 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
         # the banded weight, oneDNN's reordered copy of it, and the native call's copies of its merged input and output
         return 2 * g["band_weight"] + native
     if name == "unfold":
-        if g["spec"].transposed and tiles(g["spec"]):
+        if unpatches(g["spec"]):
             # un-patching: the input moved, the native 1-d call's result and oneDNN's copy of it (measured peak of
             # the bench's 4d-transposed in one piece: within 1% of this)
             return g["in"] + 2 * g["out"]
@@ -430,7 +439,7 @@ def cost(
         rate = _rate(inner * g["outer_in"], g["per_group_out"] * g["outer_out"], g["per_group_in"] * g["outer_in"])
         return band_flops / (rate * _BAND_FILL) + traffic + _CALL
     if name == "unfold":
-        if g["spec"].transposed and tiles(g["spec"]):
+        if unpatches(g["spec"]):
             # un-patching: that GEMM inside one native call, then one permute: the input and the output moved once
             # (fitted to seven tiling shapes, where it ran 1.05-1.8x faster than spread, the next fastest)
             gemm = flops / _rate(g["per_group_in"], g["per_group_out"] * taps, gemm=True)
@@ -470,33 +479,34 @@ def chunked_cost(
         pieces = fold_piece_count(spec, how, x_shape, w_shape, 4)
         # a piece of one frame and one sample runs as a batch of two (lowering.native_lowered): twice the work
         rows = g["batch"] * g["outer_out"] // g["first_out"] * math.ceil(g["first_out"] / pieces)
-        return (
-            whole
-            * (2 if _doubled(g, rows, g["per_group_in"] * g["outer_taps"]) else 1)
-            * (1 + _FOLD_PIECE * (pieces - 1))
-        )
+        return _in_runs(whole, g, pieces, rows, g["per_group_in"] * g["outer_taps"])
     if name == "winograd":
         if whole == math.inf:
             return whole
         pieces = winograd_pieces(spec, how, x_shape, w_shape, 4)
-        # a run of one tile of one sample runs as a batch of two (lowering.native_lowered): twice the work
         runs = math.ceil(g["first_out"] / winograd.tile(g["first_out"]))
-        batch = g["batch"] * g["outer_rest"] * math.ceil(runs / pieces)
-        return whole * (2 if _doubled(g, batch, g["channels"]) else 1) * (1 + _FOLD_PIECE * (pieces - 1))
+        return _in_runs(whole, g, pieces, g["batch"] * g["outer_rest"] * math.ceil(runs / pieces), g["channels"])
     if name == "spread":
         per_frame, fixed = _spread_workspace(spec, how, x_shape, w_shape)
         if per_frame + fixed > limit:
             return math.inf  # even one input frame's slabs would not fit
         pieces = spread_pieces(spec, how, x_shape, w_shape, limit)
-        # a piece of one frame and one sample runs as a batch of two (lowering.native_lowered): twice the work
         frames = g["batch"] * g["outer_rest"] * math.ceil(g["first_in"] / pieces)
-        return whole * (2 if _doubled(g, frames, g["channels"]) else 1) * (1 + _FOLD_PIECE * (pieces - 1))
-    if name == "unfold" and g["spec"].transposed and tiles(g["spec"]):  # runs of input rows, each a native call
+        return _in_runs(whole, g, pieces, frames, g["channels"])
+    if name == "unfold" and unpatches(g["spec"]):  # runs of input rows, each a native call
         return whole * (1 + _PIECE * (unpatch_pieces(spec, how, x_shape, w_shape, 4) - 1))
     pieces = math.ceil(overshoot)
     if pieces > g["batch"] * max(2, g["first_out"] // 2):
         return math.inf  # even the smallest pieces chunking makes (two rows) would not fit
     return whole * (1 + _PIECE * max(pieces - 1, 0))
+
+
+def _in_runs(whole: float, g: dict[str, Any], pieces: int, batch: int, channels: int) -> float:
+    """The cost ``whole`` of a strategy that runs its own ``pieces`` (fold's, winograd's, spread's): each extra
+    piece costs a native call and a slice of the copies; a piece whose native call sees one small image of
+    ``channels`` (a ``batch`` of one) runs as a batch of two (:func:`convnd.lowering.native_lowered`): twice the
+    work."""
+    return whole * (2 if _doubled(g, batch, channels) else 1) * (1 + _FOLD_PIECE * (pieces - 1))
 
 
 def winograd_applies(spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int]) -> bool:
@@ -592,9 +602,12 @@ def spread_pieces(
     return math.ceil(frames / min(max(fit, 1), frames))
 
 
-def tiles(spec: ConvSpec) -> bool:
-    """Whether a transposed kernel exactly tiles its stride (un-patching): each output element is one tap's."""
-    return all(s == k for s, k in zip(spec.stride, spec.kernel)) and all(d == 1 for d in spec.dilation)
+def unpatches(spec: ConvSpec) -> bool:
+    """Whether a transposed convolution's kernel exactly tiles its stride (un-patching): each output element is
+    one tap's, which ``unfold`` runs as :func:`convnd.strategies._unpatch`."""
+    return (
+        spec.transposed and all(s == k for s, k in zip(spec.stride, spec.kernel)) and all(d == 1 for d in spec.dilation)
+    )
 
 
 # calibrated on the README's 2-core machine (see benchmarks/); only ratios matter for the choice
@@ -659,7 +672,7 @@ def measured(
     """
     shapes = (tuple(x.shape), tuple(weight.shape))
     if not timed or torch.compiler.is_compiling():
-        return replace(how, strategy=cheapest(spec, how, *shapes))
+        return running(how, cheapest(spec, how, *shapes), spec, x.shape)
     # the budget is part of the key: a choice timed in one budget's pieces is not another budget's
     key = (spec, how.native_rank, how.native_axes, how.max_memory, *shapes, x.dtype, x.device.type)
     if key not in _MEASURED:
@@ -669,10 +682,10 @@ def measured(
         with torch.no_grad():
             for name in STRATEGIES:
                 if costs[name] <= 4 * best:
-                    trial = replace(how, strategy=name)
+                    trial = running(how, name, spec, x.shape)
                     times[name] = min(_seconds(x, weight, bias, spec, trial) for _ in range(2))
         _MEASURED[key] = min(times, key=times.__getitem__)
-    return replace(how, strategy=_MEASURED[key])
+    return running(how, _MEASURED[key], spec, x.shape)
 
 
 def _seconds(

@@ -517,8 +517,8 @@ def unfold(
 ) -> torch.Tensor:
     """The convolution as one einsum of a strided window view with the weight (im2col + batched GEMM).
 
-    ``pieces`` > 1: runs of input rows when un-patching (:func:`_unpatch`), whose native calls have rank
-    ``rank`` (the planner passes 1 unless the caller pinned the rank); the other forms run none.
+    ``pieces`` > 1: runs of input rows when un-patching (:func:`_unpatch`), whose native calls have the plan's
+    rank ``rank`` (:func:`convnd.selection.running` plans 1 unless it is pinned); the other forms run none.
     """
     if spec.transposed:
         return _unfold_transposed(x, weight, bias, spec, pieces, rank)
@@ -554,7 +554,7 @@ def _unfold_transposed(
     No zeros are multiplied (the forward form would convolve ``prod(stride)`` times more
     positions). When every kernel exactly tiles its stride, see :func:`_unpatch`.
     """
-    if selection.tiles(spec):
+    if selection.unpatches(spec):
         return _unpatch(x, weight, bias, spec, pieces, rank)
     n, groups = spec.dims, spec.groups
     batch, channels, size = x.shape[0], x.shape[1], tuple(x.shape[2:])
@@ -598,14 +598,7 @@ def _unpatch(
     low = tuple(lo for lo, _ in spec.padding)
     out = spec.output_size(size)
     cropped = low != (0,) * n or out != full[2:]
-    # the bias in the copy's pass (out= records no gradient: only without one; inductor cannot lower out= into a
-    # view, and fuses the add itself)
-    fused = (
-        bias is not None
-        and not cropped
-        and not lowering.wants_grad(x, weight, bias)
-        and not torch.compiler.is_compiling()
-    )
+    fused = bias is not None and not cropped and lowering.out_allowed(x, weight, bias)  # the bias in the copy's pass
     y = x.new_empty(full)
     w = weight.reshape((x.shape[1], -1, *kernel[lead:]))  # the first dims' taps after the output channels
     native = make_spec(kernel[lead:], kernel[lead:], groups=spec.groups, transposed=True)

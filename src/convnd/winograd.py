@@ -186,7 +186,7 @@ def _add_to(dst: torch.Tensor, src: torch.Tensor, c: Fraction | int, started: bo
     flows through it, which ``out=`` does not carry, or dynamo traces it, which takes no strided ``out=``)."""
     if started:
         dst.add_(src, alpha=float(c))
-    elif not (torch.is_grad_enabled() and src.requires_grad) and not torch.compiler.is_compiling():
+    elif lowering.out_allowed(src):
         torch.mul(src, float(c), out=dst)
     else:
         dst.copy_(src)
