@@ -150,3 +150,11 @@ def test_select_and_lifted_keep_the_per_dim_values():
     lifted = make_spec((3,), padding=2).lifted(2)
     assert (lifted.kernel, lifted.padding, lifted.native_padding) == ((1, 1, 3), ((0, 0), (0, 0), (2, 2)), (0, 0, 2))
     assert spec.unpadded().padding == ((0, 0),) * 3
+
+
+@pytest.mark.parametrize("rank, lowered, native", [(1, (2, 3), (4,)), (2, (2,), (3, 4)), (3, (), (2, 3, 4))])
+def test_split_gives_the_lowered_dims_then_the_native_ones(rank, lowered, native):
+    spec = make_spec((2, 3, 4), stride=(1, 2, 3), padding=((0, 1), 2, 3))
+    outer, inner = spec.split(rank)
+    assert (outer.kernel, inner.kernel) == (lowered, native)
+    assert outer.padding + inner.padding == spec.padding and outer.stride + inner.stride == spec.stride

@@ -152,7 +152,7 @@ def weight_grad(
     u, gz, w = (lowering.move_axes(t, order) for t in (u, gz, weight))
     spec = spec.select(order)
     n_outer = spec.dims - how.native_rank
-    outer, inner = spec.select(range(n_outer)), spec.select(range(n_outer, spec.dims))
+    outer, inner = spec.split(how.native_rank)
     grad_w = torch.zeros_like(w)
     batch = u.shape[0]
     size, out = tuple(u.shape[2 : 2 + n_outer]), tuple(gz.shape[2 : 2 + n_outer])

@@ -396,7 +396,7 @@ def _tapsum_recipe(spec: ConvSpec, rank: int, channels: tuple[int, int], shape: 
         shape = (*shape[: -spec.dims], *(n + lo + hi for n, (lo, hi) in zip(shape[-spec.dims :], spec.padding)))
         spec = spec.unpadded()
     n_outer = spec.dims - rank
-    outer, inner = spec.select(range(n_outer)), spec.select(range(n_outer, spec.dims))
+    outer, inner = spec.split(rank)
     sizes, batch = shape[-spec.dims : len(shape) - rank], math.prod(shape[: -spec.dims - 1])
     out_sizes = spec.output_size(shape[-spec.dims :])
     step = scatter_window if spec.transposed else gather_window

@@ -137,8 +137,9 @@ def lowered(
 ) -> torch.Tensor:
     """Run a batched N > r convolution with ``how.strategy``, its native dims moved to the back first.
 
-    ``pieces`` > 1 (``fold`` and ``spread``, see :mod:`convnd.strategies`) splits their work: fold's
-    folded batch into runs of output rows, spread's input into runs of frames.
+    ``pieces`` > 1 (``fold``, ``spread``, ``winograd`` and un-patching ``unfold``, see :mod:`convnd.chunking`)
+    splits their work: fold's folded batch into runs of output rows, spread's input into runs of frames,
+    winograd's tiles into runs of tiles, un-patching's input into runs of rows.
     """
     order = selection.axis_order(spec.dims, how.native_rank, how.native_axes)
     if order != tuple(range(spec.dims)):
@@ -286,7 +287,7 @@ def _tapsum(
     if spec.padding_mode != "zeros":
         x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()
     n_outer = spec.dims - rank
-    outer, inner = spec.select(range(n_outer)), spec.select(range(n_outer, spec.dims))
+    outer, inner = spec.split(rank)
     batch, channels = x.shape[:2]
     out_channels = weight.shape[1] * spec.groups if spec.transposed else weight.shape[0]
     out_size = spec.output_size(x.shape[2:])

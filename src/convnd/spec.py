@@ -131,6 +131,11 @@ class ConvSpec:
             native_padding=_native_form(self.native_padding, axes, padding),
         )
 
+    def split(self, rank: int) -> tuple[ConvSpec, ConvSpec]:
+        """The lowered dims (all but the last ``rank``) and the native ones (the last ``rank``) of a lowering."""
+        lowered = self.dims - rank
+        return self.select(range(lowered)), self.select(range(lowered, self.dims))
+
     def lifted(self, count: int) -> ConvSpec:
         """The same convolution with ``count`` singleton dims in front (kernel 1, stride 1, no padding)."""
         ones = (1,) * count

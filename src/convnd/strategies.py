@@ -66,7 +66,7 @@ def fold(
     if spec.padding_mode != "zeros":
         x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()
     n_outer = spec.dims - rank
-    outer, inner = spec.select(range(n_outer)), spec.select(range(n_outer, spec.dims))
+    outer, inner = spec.split(rank)
     batch, out_channels = x.shape[0], weight.shape[0]
     taps = math.prod(outer.kernel)
     w = weight.reshape((out_channels, weight.shape[1] * taps, *weight.shape[2 + n_outer :]))
@@ -103,7 +103,7 @@ def fold_backward(
     whole folded buffer per tap it had written.
     """
     n_outer = spec.dims - rank
-    outer, inner = spec.select(range(n_outer)), spec.select(range(n_outer, spec.dims))
+    outer, inner = spec.split(rank)
     batch, out_channels = x.shape[0], weight.shape[0]
     w = weight.reshape((out_channels, weight.shape[1] * math.prod(outer.kernel), *weight.shape[2 + n_outer :]))
     out_outer, size = tuple(grad.shape[2 : 2 + n_outer]), tuple(x.shape[2 : 2 + n_outer])
@@ -173,7 +173,7 @@ def phase_backward(
     outer dims. ``pieces`` > 1 splits each phase's frames of the first outer dim into runs.
     """
     n_outer = spec.dims - rank
-    outer, inner = spec.select(range(n_outer)), spec.select(range(n_outer, spec.dims))
+    outer, inner = spec.split(rank)
     batch, channels, out_channels = x.shape[0], x.shape[1], weight.shape[0]
     size = tuple(x.shape[2 : 2 + n_outer])
     # the outer dims next to the batch: (B, *outer, C, *inner), so a phase's frames flatten into the batch
@@ -326,7 +326,7 @@ def spread(
     if spec.padding_mode != "zeros":
         x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()
     n_outer = spec.dims - rank
-    outer, inner = spec.select(range(n_outer)), spec.select(range(n_outer, spec.dims))
+    outer, inner = spec.split(rank)
     batch, channels, groups = x.shape[0], x.shape[1], spec.groups
     per_group_out = weight.shape[1] if spec.transposed else weight.shape[0] // groups
     out_channels = per_group_out * groups
@@ -429,7 +429,7 @@ def band(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec:
     if spec.padding_mode != "zeros":
         x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()
     n_outer = spec.dims - rank
-    outer, inner = spec.select(range(n_outer)), spec.select(range(n_outer, spec.dims))
+    outer, inner = spec.split(rank)
     batch, channels, size = x.shape[0], x.shape[1], tuple(x.shape[2 : 2 + n_outer])
     out_outer = outer.output_size(size)
     out_channels = weight.shape[1] * spec.groups if spec.transposed else weight.shape[0]
