@@ -4,8 +4,8 @@ A lowering strategy's temporary buffers scale with the part of the output it com
 (:func:`convnd.selection.workspace` estimates them). When the whole convolution's
 estimate exceeds the plan's budget, ``fold`` splits its folded batch into runs of output
 rows of the first lowered dim (:func:`convnd.strategies.fold`: no halos, one native call
-each), ``spread`` runs runs of input frames (:func:`convnd.strategies.spread`), ``winograd``
-runs of tiles and un-patching ``unfold`` runs of input rows; the other
+each), ``foldspread`` runs of output rows the same way, ``spread`` runs of input frames
+(:func:`convnd.strategies.spread`), ``winograd`` runs of tiles and un-patching ``unfold`` runs of input rows; the other
 strategies split the batch, then the first lowered spatial dim, each piece running as its own
 convolution over the input rows it reads, with that piece's share of the padding (transposed:
 each piece of input rows adds its full output where it lands, since the pieces overlap).
@@ -72,11 +72,16 @@ def run_within(
         return lowering.lowered(x, weight, bias, spec, how, fold_pieces(x, weight, spec, how))
     if how.strategy == "winograd":  # runs of tiles, each reading its own input frames (fold where F(m, 3) cannot)
         if (
-            not selection.winograd_applies(spec, how, tuple(x.shape), tuple(weight.shape))
+            not selection.runs_as_itself("winograd", spec, how, tuple(x.shape), tuple(weight.shape))
             or x.dtype not in winograd.DTYPES
         ):
             return run_within(x, weight, bias, spec, replace(how, strategy="fold"))
         pieces = selection.winograd_pieces(spec, how, tuple(x.shape), tuple(weight.shape), x.element_size())
+        return lowering.lowered(x, weight, bias, spec, how, pieces)
+    if how.strategy == "foldspread":  # runs of output rows, as fold's (fold where it does not apply)
+        if not selection.runs_as_itself("foldspread", spec, how, tuple(x.shape), tuple(weight.shape)):
+            return run_within(x, weight, bias, spec, replace(how, strategy="fold"))
+        pieces = selection.foldspread_pieces(spec, how, tuple(x.shape), tuple(weight.shape), x.element_size())
         return lowering.lowered(x, weight, bias, spec, how, pieces)
     if how.strategy == "unfold" and selection.unpatches(spec):  # runs of input rows, no overlap
         pieces = selection.unpatch_pieces(spec, how, tuple(x.shape), tuple(weight.shape), x.element_size())

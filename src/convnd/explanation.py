@@ -373,6 +373,9 @@ _STRATEGY_WORDS = {
     "those dims), one call per piece of output rows",
     "spread": "the {taps} taps of the outer kernel {k} over dims {dims} as extra output channels, one call per run "
     "of input frames, each tap's slab then added where it lands (col2im over those dims)",
+    "foldspread": "the taps of the outer kernel {k} over dims {dims}: all but the last dim's folded into the input "
+    "channels, the last dim's as extra output channels, one call per piece of output rows, each of the last "
+    "dim's slabs then added where it lands",
     "winograd": "Winograd's minimal filtering F(m, 3) along dim {dims}: the output frames in tiles of m (2, 3 "
     "or 4), each from m + 2 sums of input frames, one call per transformed kernel tap (m + 2 products per tile "
     "instead of 3m)",

@@ -29,7 +29,7 @@ from .caching import trace_safe_cache
 from .errors import fail
 from .spec import ConvSpec
 
-STRATEGIES = ("tapsum", "fold", "unfold", "fft", "band", "spread", "winograd")
+STRATEGIES = ("tapsum", "fold", "unfold", "fft", "band", "spread", "winograd", "foldspread")
 _FORCED: list[dict[str, Any]] = []
 _MEASURED: dict[tuple[Any, ...], str] = {}
 
@@ -45,8 +45,8 @@ def strategy(
     """Force how convolutions past the native rank run inside a ``with`` block.
 
     Args:
-        name: ``tapsum``, ``fold``, ``unfold``, ``fft``, ``band``, ``spread``, ``winograd``, or ``measure`` (time
-            each once and cache the fastest); None keeps the cost model's choice.
+        name: ``tapsum``, ``fold``, ``unfold``, ``fft``, ``band``, ``spread``, ``winograd``, ``foldspread``, or
+            ``measure`` (time each once and cache the fastest); None keeps the cost model's choice.
         native_axes: the spatial dims the native kernels run over (as many as the native rank).
         max_memory: a byte budget for temporary buffers; outputs are computed in pieces within it.
         custom_backward: True: gradients through :mod:`convnd.autograd`; False: autograd through the
@@ -146,14 +146,16 @@ def custom_backward_pays(spec: ConvSpec, rank: int, name: str = "tapsum", macs: 
     """Whether :mod:`convnd.autograd` beats autograd through the lowering ``name`` (``macs``: the
     convolution's multiply-adds, when the shapes are known).
 
-    ``fold``, ``spread`` and ``winograd`` (forward): from :data:`FOLD_BACKWARD_MIN_MACS` multiply-adds on
-    (or whatever the size, without shapes). Their backward is fold's, one native backward call per
+    ``fold``, ``spread``, ``winograd`` and ``foldspread`` (forward): from :data:`FOLD_BACKWARD_MIN_MACS`
+    multiply-adds on (or whatever the size, without shapes). Their backward is fold's, one native backward call per
     piece on the rebuilt folded input (:func:`convnd.strategies.fold_backward`), or the phase backward
     (:func:`phase_backward_pays`), where autograd
     through fold also copies the whole folded gradient once per tap and through spread runs a
     plain-layout backward: 1.3-1.9x faster from 70M multiply-adds up; below, its fixed cost
     (about 0.2 ms here) loses to autograd through fold under about 20M and through spread
-    under about 2M (forward+backward, side by side).
+    under about 2M (forward+backward, side by side). Through foldspread, from four 5-d shapes of 4-16
+    channels (18M-860M multiply-adds): the custom backward 1.2x faster on the bench's 5d, 1.08x on one,
+    level at 18M, 0.84-0.94x on two; priced as fold's.
     Otherwise: for kernels wider than 3 in a lowered dim. Measured side by side (README,
     forward+backward): with 3-wide kernels autograd through the lowering was 1.1-2x
     faster than the lowered adjoint (its per-tap native backward computes both gradients
@@ -165,11 +167,11 @@ def custom_backward_pays(spec: ConvSpec, rank: int, name: str = "tapsum", macs: 
     return max(spec.kernel[: spec.dims - rank], default=0) > 3
 
 
-FOLD_BACKWARD_MIN_MACS = {"fold": 20_000_000, "spread": 2_000_000, "winograd": 20_000_000}
+FOLD_BACKWARD_MIN_MACS = {"fold": 20_000_000, "spread": 2_000_000, "winograd": 20_000_000, "foldspread": 20_000_000}
 
 
 def phase_backward_pays(x_shape: Sequence[int], w_shape: Sequence[int], out_numel: int) -> bool:
-    """Whether a ``fold``, ``spread`` or ``winograd`` plan's gradients come from
+    """Whether a ``fold``, ``spread``, ``foldspread`` or ``winograd`` plan's gradients come from
     :func:`convnd.strategies.phase_backward` rather than :func:`convnd.strategies.fold_backward`: at
     least :data:`PHASE_MIN_CHANNELS` input channels per group and an output no larger than the input.
 
@@ -317,6 +319,19 @@ def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_sh
                 for n, k, s, d, (lo, _) in zip(spatial, spec.kernel, spec.stride, spec.dilation, spec.padding[:n_outer])
             ]
         ),
+        # foldspread: the folded input (the outer dims but the last folded, every input frame of the last) and the
+        # slabs (the last outer dim's taps of each of those frames' outputs)
+        "foldspread_in": batch
+        * channels
+        * math.prod(spec.kernel[: n_outer - 1])
+        * math.prod(out[: n_outer - 1])
+        * math.prod(spatial[n_outer - 1 :]),
+        "foldspread_slabs": batch
+        * out_channels
+        * spec.kernel[n_outer - 1]
+        * math.prod(out[: n_outer - 1])
+        * spatial[n_outer - 1]
+        * math.prod(out[n_outer:]),
         # what unfold and fft compute: a transposed convolution as the forward one over zero-spaced input
         "dense_macs": batch * out_channels * per_group_in * math.prod(spec.kernel) * math.prod(out),
     }
@@ -359,6 +374,12 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
         # (measured peaks of the bench's fold workloads: within 7% of this, the output not counted)
         folded = g["batch"] * g["channels"] * g["outer_taps"] * g["outer_out"] * g["inner_in"]
         return folded + g["out"]
+    if name == "foldspread":
+        if not strategies.foldspread_applies(g["spec"], how.native_rank):
+            return workspace("fold", spec, how, x_shape, w_shape)
+        # the folded input and the slabs, and oneDNN's copies of both (its blocked layouts): measured peaks of the
+        # bench's 5d in 1, 3 and 6 runs 10-26% below this (the output accumulates in place: not counted)
+        return 2 * (g["foldspread_in"] + g["foldspread_slabs"])
     if name == "winograd":
         # one transformed frame set and its products at a time, and oneDNN's copies of both
         return 2 * g["winograd_in"] + 3 * g["winograd_out"]
@@ -425,6 +446,14 @@ def cost(
             # fold 1.62-1.70 ms, spread's phases 1.41-1.50 ms (in a tight loop both 1.4-1.5 ms)
             traffic *= 2
         return flops / rate + traffic + _CALL
+    if name == "foldspread":  # the fold taps as extra input channels, the last outer dim's taps as extra outputs
+        if not strategies.foldspread_applies(g["spec"], how.native_rank):
+            return math.inf
+        fold_taps, k_last = g["outer_taps"] // g["spec"].kernel[g["n_outer"] - 1], g["spec"].kernel[g["n_outer"] - 1]
+        reduction = g["per_group_in"] * fold_taps
+        rate = _rate(inner * fold_taps, g["per_group_out"] * k_last, reduction)
+        native = g["foldspread_slabs"] * reduction * g["inner_taps"]
+        return 2 * native / rate + traffic + _CALL
     if name == "winograd":  # m + 2 native calls per tile of m output frames (F(m, 3)), transforms as passes of adds
         if not winograd.applies(g["spec"], how.native_rank):
             return math.inf
@@ -480,6 +509,13 @@ def chunked_cost(
         # a piece of one frame and one sample runs as a batch of two (lowering.native_lowered): twice the work
         rows = g["batch"] * g["outer_out"] // g["first_out"] * math.ceil(g["first_out"] / pieces)
         return _in_runs(whole, g, pieces, rows, g["per_group_in"] * g["outer_taps"])
+    if name == "foldspread":
+        if whole == math.inf or overshoot > g["first_out"]:
+            return math.inf  # not applicable, or even one output row's buffers would not fit
+        pieces = foldspread_pieces(spec, how, x_shape, w_shape, 4)
+        in_last = g["outer_shape"][g["n_outer"] - 1]
+        rows = g["batch"] * g["outer_out"] // g["first_out"] * math.ceil(g["first_out"] / pieces) * in_last
+        return _in_runs(whole, g, pieces, rows // max(g["outer_out"] // g["first_out"], 1), g["channels"])
     if name == "winograd":
         if whole == math.inf:
             return whole
@@ -509,9 +545,18 @@ def _in_runs(whole: float, g: dict[str, Any], pieces: int, batch: int, channels:
     return whole * (2 if _doubled(g, batch, channels) else 1) * (1 + _FOLD_PIECE * (pieces - 1))
 
 
-def winograd_applies(spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int]) -> bool:
-    """Whether ``winograd`` runs F(m, 3) for this plan (:func:`convnd.winograd.applies` on the plan's dim order)."""
-    return winograd.applies(_geometry(spec, how, tuple(x_shape), tuple(w_shape))["spec"], how.native_rank)
+def runs_as_itself(
+    name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int]
+) -> bool:
+    """Whether strategy ``name`` runs as itself for this plan, on the plan's dim order: ``winograd`` where F(m, 3)
+    applies (:func:`convnd.winograd.applies`), ``foldspread`` where it does
+    (:func:`convnd.strategies.foldspread_applies`); elsewhere both run ``fold``. Every other strategy always does."""
+    moved = _geometry(spec, how, tuple(x_shape), tuple(w_shape))["spec"]
+    if name == "winograd":
+        return winograd.applies(moved, how.native_rank)
+    if name == "foldspread":
+        return strategies.foldspread_applies(moved, how.native_rank)
+    return True
 
 
 def winograd_pieces(
@@ -522,6 +567,20 @@ def winograd_pieces(
     g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
     tiles = math.ceil(g["first_out"] / winograd.tile(g["first_out"]))
     return _runs_within("winograd", spec, how, x_shape, w_shape, itemsize, tiles)
+
+
+def foldspread_pieces(
+    spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int], itemsize: int
+) -> int:
+    """How many runs of output rows (first outer dim) ``foldspread`` computes, so that one run's folded input and
+    slabs fit the budget and its slabs are at most :data:`convnd.chunking.FOLD_OUTPUT_PIECE` bytes, as fold's
+    output pieces (a row per run at most); the run and the cost model both ask here. Measured on a 5-d
+    32-channel shape: 2.4 MB of slabs in one run 1.35x slower than in runs within that size."""
+    g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
+    rows = g["first_out"]
+    fit = max(1, int(rows * chunking.FOLD_OUTPUT_PIECE // max(g["foldspread_slabs"] * itemsize, 1)))
+    by_slabs = math.ceil(rows / min(fit, rows))
+    return max(_runs_within("foldspread", spec, how, x_shape, w_shape, itemsize, rows), by_slabs)
 
 
 def unpatch_pieces(
