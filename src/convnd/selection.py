@@ -513,9 +513,11 @@ def chunked_cost(
         if whole == math.inf or overshoot > g["first_out"]:
             return math.inf  # not applicable, or even one output row's buffers would not fit
         pieces = foldspread_pieces(spec, how, x_shape, w_shape, 4)
-        in_last = g["outer_shape"][g["n_outer"] - 1]
-        rows = g["batch"] * g["outer_out"] // g["first_out"] * math.ceil(g["first_out"] / pieces) * in_last
-        return _in_runs(whole, g, pieces, rows // max(g["outer_out"] // g["first_out"], 1), g["channels"])
+        # the native call's channels and batch (every output row's frames of the last dim), per run of rows
+        channels = g["channels"] * g["outer_taps"] // g["spec"].kernel[g["n_outer"] - 1]
+        frames = g["foldspread_in"] // max(channels * g["inner_in"], 1)
+        rows = math.ceil(g["first_out"] / pieces)
+        return _in_runs(whole, g, pieces, frames // max(g["first_out"], 1) * rows, channels)
     if name == "winograd":
         if whole == math.inf:
             return whole
