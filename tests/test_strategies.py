@@ -220,6 +220,81 @@ def test_depthwise_runs_the_channels_last_tap_sum_only_without_gradients(x_shape
     assert lowering.plan(strided, input_shape=x_shape, weight_shape=w_shape).strategy != "tapsum"
 
 
+def test_plans_are_cached_per_forced_setting():
+    """The cost model's plan is computed once per shape, and a ``strategy`` block is part of the cache's key."""
+    spec = make_spec((3, 3, 3, 3), padding=1, stride=2)
+    shapes = {"input_shape": (2, 16, 10, 10, 20, 20), "weight_shape": (32, 16, 3, 3, 3, 3)}
+    selection._choose.cache_clear()
+    chosen = lowering.plan(spec, **shapes)
+    assert lowering.plan(spec, **shapes) is chosen and selection._choose.cache_info().hits == 1
+    with convnd.strategy("fold", native_axes=(0, 1, 3), max_memory=1 << 20, custom_backward=False):
+        forced = lowering.plan(spec, **shapes)
+    assert (forced.strategy, forced.native_axes, forced.max_memory, forced.custom_backward) == (
+        "fold", (0, 1, 3), 1 << 20, False,
+    )  # fmt: skip
+    assert lowering.plan(spec, **shapes) is chosen
+    assert lowering.plan(spec, **shapes, training=True) is not chosen  # another key
+
+
+# the lowerings that add taps' results into an output (lowering.land), each where a tap covers the whole output
+# (it is copied in) and where none does (zeros first), whole and in pieces; transposed scatters the same way
+LANDING = [
+    ("tapsum", 4, (3, 3, 3, 3), {"padding": 1}, None),
+    ("tapsum", 4, (2, 2, 2, 2), {"padding": 1}, None),
+    ("tapsum", 16, (3, 3, 3, 3), {"padding": 1, "stride": 2}, None),  # channels-last running sum
+    ("tapsum", 16, (2, 2, 2, 2), {"padding": 1}, None),
+    ("tapsum", 4, (2, 3, 2, 2), {"transposed": True, "stride": 2}, None),
+    ("spread", 4, (3, 3, 3, 3), {"padding": 1}, None),
+    ("spread", 4, (2, 2, 2, 2), {"padding": 1}, None),
+    ("spread", 4, (3, 3, 3, 3), {"padding": 1}, 3_000),
+    ("spread", 4, (3, 3, 3, 3), {"padding": 1, "stride": 2}, None),  # one call per phase
+    ("spread", 4, (2, 2, 2, 2), {"padding": 1, "stride": (2, 1, 1, 1)}, None),
+    ("spread", 4, (3, 3, 3, 3), {"padding": 1, "stride": (2, 1, 1, 1)}, 3_000),
+    ("spread", 4, (2, 3, 2, 2), {"transposed": True, "stride": 2}, None),
+    ("foldspread", 4, (3, 3, 3, 3, 3), {"padding": 1}, None),
+    ("foldspread", 4, (3, 2, 2, 2, 2), {"padding": 1}, None),
+    ("foldspread", 4, (3, 3, 3, 3, 3), {"padding": 1}, 20_000),
+]
+
+
+@pytest.mark.parametrize(("name", "channels", "kernel", "kw", "max_memory"), LANDING)
+def test_outputs_built_from_uninitialized_memory_are_fully_written(name, channels, kernel, kw, max_memory, monkeypatch):
+    # uninitialized buffers hold NaN here, so an element no tap writes (or a missing zero fill) cannot pass as zero
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda t, size, **k: t.new_full(size, float("nan"), **k))
+    gen = torch.Generator().manual_seed(len(kernel))
+    size = (6, 5, 7, 6, 5)[-len(kernel) :]
+    x = torch.randn((2, channels, *size), generator=gen, dtype=torch.float64)
+    w_channels = (channels, 6) if kw.get("transposed") else (6, channels)  # 6 output channels either way
+    w = torch.randn((*w_channels, *kernel), generator=gen, dtype=torch.float64)
+    with convnd.strategy(name, max_memory=max_memory):
+        y = _run(x, w, None, kw)
+    np.testing.assert_allclose(y.numpy(), _oracle(x, w, None, kw), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["tapsum", "spread"])
+@pytest.mark.parametrize(
+    ("frames", "kw"),
+    [
+        (1, {"stride": (3, 1, 1, 1), "padding": (2, 1, 1, 1)}),
+        (2, {"transposed": True, "stride": (5, 1, 1, 1), "padding": (2, 0, 0, 0)}),
+    ],
+    ids=["forward", "transposed"],
+)
+def test_an_output_no_tap_reaches_is_the_bias(name, frames, kw, monkeypatch):
+    """The lowered dim's every output reads (or receives) only padding: nothing lands, so the output is zeros."""
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda t, size, **k: t.new_full(size, float("nan"), **k))
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn((2, 4, frames, 5, 7, 6), generator=gen, dtype=torch.float64)
+    w_channels = (4, 6) if kw.get("transposed") else (6, 4)
+    w = torch.randn((*w_channels, 1, 3, 3, 3), generator=gen, dtype=torch.float64)
+    b = torch.randn(6, generator=gen, dtype=torch.float64)
+    with convnd.strategy(name):
+        y = _run(x, w, b, kw)
+    assert y.shape[2] == 2
+    np.testing.assert_allclose(y.numpy(), _oracle(x, w, b, kw), rtol=0, atol=1e-10)
+    torch.testing.assert_close(y, b.reshape(6, 1, 1, 1, 1).expand(y.shape), rtol=0, atol=0)
+
+
 def test_the_plan_follows_whether_a_gradient_will_be_computed(monkeypatch):
     ran = []
     for name, run in list(lowering.LOWERINGS.items()):

@@ -98,11 +98,40 @@ def choose(
     native calls they promise (and ``explain`` counts) are the ones that run.
     """
     forced = _FORCED[-1] if _FORCED else {}
-    name, axes, budget = forced.get("strategy"), forced.get("native_axes"), forced.get("max_memory")
-    custom = forced.get("custom_backward")
+    if input_shape is not None and symbolic(input_shape):
+        input_shape = None  # a traced symbolic size takes the shape-free plan (see symbolic)
+    return _choose(
+        spec,
+        rank,
+        None if input_shape is None else tuple(input_shape),
+        None if weight_shape is None else tuple(weight_shape),
+        tuple(forced.get(key) for key in _FORCED_KEYS),
+        native_only,
+        channels_first,
+        training,
+    )
+
+
+_FORCED_KEYS = ("strategy", "native_axes", "max_memory", "custom_backward")
+
+
+@trace_safe_cache(maxsize=4096)
+def _choose(
+    spec: ConvSpec,
+    rank: int,
+    input_shape: tuple[int, ...] | None,
+    weight_shape: tuple[int, ...] | None,
+    forced: tuple[Any, ...],
+    native_only: bool,
+    channels_first: bool,
+    training: bool,
+) -> lowering.Plan:
+    """:func:`choose` on hashable arguments, the forced settings as a tuple of :data:`_FORCED_KEYS` (cached: a
+    lowered call's plan costs tens of microseconds of arithmetic, the same on every call of a layer)."""
+    name, axes, budget, custom = forced
     if axes is not None and (len(axes) != rank or axes[-1] >= spec.dims):
         fail("native_axes", axes, f"{rank} distinct spatial dims below {spec.dims}", reason=f"native rank {rank}")
-    if native_only or input_shape is None or weight_shape is None or symbolic(input_shape):
+    if native_only or input_shape is None or weight_shape is None:
         name = name or "tapsum"
         custom = custom_backward_pays(spec, rank, name) if custom is None else custom
         return lowering.Plan(rank, name, axes or (), budget, custom, pinned=native_only)
@@ -111,18 +140,19 @@ def choose(
     if name is None:
         candidates = STRATEGIES if channels_first else tuple(s for s in STRATEGIES if s != "band")
         name = cheapest(spec, base, x_shape, tuple(weight_shape), candidates, training)
-    how = running(base, name, spec, x_shape)
+    how = running(base, name, spec, x_shape, axes is not None)
     if custom is None:
         macs = _geometry(spec, base, x_shape, tuple(weight_shape))["macs"]
         custom = custom_backward_pays(spec, how.native_rank, name, macs)
     return replace(how, custom_backward=custom)
 
 
-def running(how: lowering.Plan, name: str, spec: ConvSpec, x_shape: Sequence[int]) -> lowering.Plan:
+def running(
+    how: lowering.Plan, name: str, spec: ConvSpec, x_shape: Sequence[int], forced_axes: bool = False
+) -> lowering.Plan:
     """``how`` with strategy ``name``. Un-patching (:func:`unpatches`) runs its native calls 1-d over the largest
     dim, which measured fastest (:func:`convnd.strategies._unpatch`), unless the rank is pinned (``emulate``,
-    ``rewrite``) or :func:`strategy` forced the native dims."""
-    forced_axes = bool(_FORCED) and _FORCED[-1].get("native_axes") is not None
+    ``rewrite``) or :func:`strategy` forced the native dims (``forced_axes``)."""
     if name == "unfold" and unpatches(spec) and not how.pinned and not forced_axes:
         return replace(how, strategy=name, native_rank=1, native_axes=largest_axes(x_shape[2:], 1))
     return replace(how, strategy=name)
@@ -187,6 +217,7 @@ def phase_backward_pays(x_shape: Sequence[int], w_shape: Sequence[int], out_nume
 PHASE_MIN_CHANNELS = 16
 
 
+@trace_safe_cache(maxsize=4096)
 def phase_pieces(
     spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int], itemsize: int
 ) -> int:
@@ -561,6 +592,7 @@ def runs_as_itself(
     return True
 
 
+@trace_safe_cache(maxsize=4096)
 def winograd_pieces(
     spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int], itemsize: int
 ) -> int:
@@ -571,6 +603,7 @@ def winograd_pieces(
     return _runs_within("winograd", spec, how, x_shape, w_shape, itemsize, tiles)
 
 
+@trace_safe_cache(maxsize=4096)
 def foldspread_pieces(
     spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int], itemsize: int
 ) -> int:
@@ -585,6 +618,7 @@ def foldspread_pieces(
     return max(_runs_within("foldspread", spec, how, x_shape, w_shape, itemsize, rows), by_slabs)
 
 
+@trace_safe_cache(maxsize=4096)
 def unpatch_pieces(
     spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int], itemsize: int
 ) -> int:
@@ -612,6 +646,7 @@ def _runs_within(
     return math.ceil(units / min(fit, units))
 
 
+@trace_safe_cache(maxsize=4096)
 def fold_piece_count(
     spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int], itemsize: int
 ) -> int:
@@ -646,6 +681,7 @@ def _doubled(g: dict[str, Any], batch: int, channels: int) -> bool:
     return lowering.doubled((batch, channels, *g["inner_shape"]), inner)
 
 
+@trace_safe_cache(maxsize=4096)
 def spread_pieces(
     spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int], limit: float
 ) -> int:
@@ -732,8 +768,9 @@ def measured(
     ``timed`` False (``explain``, on meta tensors), the cost model decides alone.
     """
     shapes = (tuple(x.shape), tuple(weight.shape))
+    forced_axes = bool(_FORCED) and _FORCED[-1].get("native_axes") is not None
     if not timed or torch.compiler.is_compiling():
-        return running(how, cheapest(spec, how, *shapes), spec, x.shape)
+        return running(how, cheapest(spec, how, *shapes), spec, x.shape, forced_axes)
     # the budget is part of the key: a choice timed in one budget's pieces is not another budget's
     key = (spec, how.native_rank, how.native_axes, how.max_memory, *shapes, x.dtype, x.device.type)
     if key not in _MEASURED:
@@ -743,10 +780,10 @@ def measured(
         with torch.no_grad():
             for name in STRATEGIES:
                 if costs[name] <= 4 * best:
-                    trial = running(how, name, spec, x.shape)
+                    trial = running(how, name, spec, x.shape, forced_axes)
                     times[name] = min(_seconds(x, weight, bias, spec, trial) for _ in range(2))
         _MEASURED[key] = min(times, key=times.__getitem__)
-    return running(how, _MEASURED[key], spec, x.shape)
+    return running(how, _MEASURED[key], spec, x.shape, forced_axes)
 
 
 def _seconds(

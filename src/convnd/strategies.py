@@ -182,8 +182,8 @@ def phase_backward(
     # the outer dims next to the batch: (B, *outer, C, *inner), so a phase's frames flatten into the batch
     grad_frames = grad.permute(_after_batch(n_outer, rank))
     grad_x = x.new_empty(x.shape) if needs[0] else None
-    grad_w = torch.zeros_like(weight).flatten(2, 1 + n_outer) if needs[1] else None  # (C_out, C/G, outer taps, ..)
-    for where, frames, taps, w in _phase_calls(weight, outer, size):
+    grad_w = torch.zeros_like(weight) if needs[1] else None
+    for where, frames, taps, kept, w in _phase_calls(weight, outer, size):
         if 0 in frames:
             continue  # an outer dim shorter than its stride: no frame has this residue
         if not taps:  # no tap reads these frames: their gradient is zero
@@ -192,7 +192,6 @@ def phase_backward(
             continue
         x_phase = x[where].permute(_after_batch(n_outer, rank))
         gx_phase = None if grad_x is None else grad_x[where].permute(_after_batch(n_outer, rank))
-        flat = [t for t, _ in taps]
         for first, rows in row_runs(frames[0], pieces):
             piece = (rows, *frames[1:])
             count = batch * math.prod(piece)
@@ -201,21 +200,24 @@ def phase_backward(
             gxs, gws = lowering.native_backward(gathered, xs, w, inner, needs)
             if gx_phase is not None:
                 gx_phase[:, first : first + rows] = gxs.reshape((batch, *piece, *gxs.shape[1:]))
-            if grad_w is not None:
-                grad_w[:, :, flat] += gws.reshape((out_channels, len(flat), *gws.shape[1:])).transpose(1, 2)
+            if grad_w is not None:  # the phase's taps of the kernel, a strided view (see _phases)
+                taps_w = grad_w[(slice(None), slice(None), *kept)]
+                taps_w.add_(
+                    gws.reshape((out_channels, *taps_w.shape[2 : 2 + n_outer], *gws.shape[1:])).movedim(1 + n_outer, 1)
+                )
             del gathered, xs, gxs, gws  # before the next piece's buffers
-    return grad_x, None if grad_w is None else grad_w.reshape(weight.shape)
+    return grad_x, grad_w
 
 
 def _gathered(
-    grad_frames: torch.Tensor, taps: list[tuple[int, tuple[int, ...]]], first: int, piece: tuple[int, ...]
+    grad_frames: torch.Tensor, taps: Sequence[tuple[int, ...]], first: int, piece: tuple[int, ...]
 ) -> torch.Tensor:
     """(B, *piece, C_out, taps, *inner): for frame ``j`` of the phase (``first`` onwards along the first outer
     dim), the output gradient frame ``j + shift`` of each tap, zero where that lies outside the output."""
     n_outer = len(piece)
     out, inner = grad_frames.shape[1 : 1 + n_outer], grad_frames.shape[1 + n_outer :]
     gathered = grad_frames.new_zeros((grad_frames.shape[0], *piece, inner[0], len(taps), *inner[1:]))
-    for i, (_, shifts) in enumerate(taps):
+    for i, shifts in enumerate(taps):
         runs = _tap_runs(shifts, first, piece, out)
         if runs is not None:
             gathered[(slice(None), *runs[0], slice(None), i)] = grad_frames[(slice(None), *runs[1])]
@@ -241,15 +243,17 @@ def _after_batch(n_outer: int, rank: int) -> tuple[int, ...]:
 
 def _phase_calls(weight: torch.Tensor, outer: ConvSpec, size: tuple[int, ...]):
     """Per phase of the input frames (a residue mod stride per outer dim): the index of its frames in
-    (B, C, *outer, *inner), their count per outer dim, its taps as (flat tap, per-dim shift) pairs (the
-    output reading the phase's frame ``j`` through a tap is ``j + shift``), and the native call's weight:
-    those taps after each output channel, (C_out * taps, C/G, *inner_k), grouped by group as :func:`spread`'s."""
-    taps_first = weight.flatten(2, 1 + outer.dims)  # (C_out, C/G, outer taps, *inner_k)
-    for phase, taps in _phases(outer):
+    (B, C, *outer, *inner), their count per outer dim, its taps' per-dim shifts (the output reading the phase's
+    frame ``j`` through a tap is ``j + shift``), the taps' slice of each outer kernel dim, and the native call's
+    weight: those taps after each output channel, (C_out * taps, C/G, *inner_k), grouped by group as
+    :func:`spread`'s."""
+    n_outer = outer.dims
+    for phase, taps, kept in _phases(outer):
         frames = tuple(len(range(r, n, s)) for r, n, s in zip(phase, size, outer.stride))
         where = (slice(None), slice(None), *(slice(r, None, s) for r, s in zip(phase, outer.stride)))
-        w = taps_first[:, :, [t for t, _ in taps]].transpose(1, 2).flatten(0, 1)
-        yield where, frames, taps, w
+        # the taps a phase reads are a strided slice of each kernel dim: a view, then one copy into the layout
+        w = weight[(slice(None), slice(None), *kept)].movedim(1, 1 + n_outer).flatten(0, n_outer) if taps else None
+        yield where, frames, taps, kept, w
 
 
 def phase_taps(stride: int, dilation: int, kernel: int, low: int) -> list[list[tuple[int, int]]]:
@@ -262,21 +266,29 @@ def phase_taps(stride: int, dilation: int, kernel: int, low: int) -> list[list[t
     ]
 
 
-def _phases(outer: ConvSpec):
-    """Each phase (per-dim residue mod stride) with its taps: (flat tap, per-dim shift) pairs."""
+@trace_safe_cache(maxsize=256)
+def _phases(outer: ConvSpec) -> tuple[tuple[tuple[int, ...], tuple[tuple[int, ...], ...], tuple[slice, ...]], ...]:
+    """Each phase (per-dim residue mod stride) with its taps' per-dim shifts (in row-major tap order) and the
+    slice of each kernel dim they form (the taps ``t`` with ``t * dilation`` in one class mod ``stride`` are
+    evenly spaced); no taps where some dim has none."""
     per_dim = [
         phase_taps(s, d, k, lo) for s, d, k, (lo, _) in zip(outer.stride, outer.dilation, outer.kernel, outer.padding)
     ]
+    phases = []
     for phase in itertools.product(*(range(s) for s in outer.stride)):
-        combos = itertools.product(*(dim[r] for dim, r in zip(per_dim, phase)))
-        yield phase, [(_flat_tap(tuple(t for t, _ in c), outer.kernel), tuple(h for _, h in c)) for c in combos]
+        dims = [dim[r] for dim, r in zip(per_dim, phase)]
+        shifts = tuple(itertools.product(*([h for _, h in taps] for taps in dims)))
+        kept = tuple(_evenly(t for t, _ in taps) for taps in dims)
+        phases.append((phase, shifts, kept))
+    return tuple(phases)
 
 
-def _flat_tap(tap: tuple[int, ...], kernel: tuple[int, ...]) -> int:
-    flat = 0
-    for t, k in zip(tap, kernel):
-        flat = flat * k + t
-    return flat
+def _evenly(taps) -> slice:
+    """The slice of evenly spaced ascending ``taps`` (an empty slice for none)."""
+    taps = list(taps)
+    if not taps:
+        return slice(0, 0)
+    return slice(taps[0], taps[-1] + 1, taps[1] - taps[0] if len(taps) > 1 else 1)
 
 
 def row_runs(rows: int, pieces: int) -> list[tuple[int, int]]:
@@ -352,8 +364,9 @@ def spread(
     # accumulated in place in the output (a view with the outer dims first; each slab's inner dims are
     # contiguous on both sides of the add). Plain layouts: channels_last runs and slabs measured 1.1-2x slower
     # here (their adds transpose), for less memory only where oneDNN pads few channels to its block
-    y = x.new_zeros((batch, out_channels, *out_outer, *inner.output_size(x.shape[2 + n_outer :])))
+    y = x.new_empty((batch, out_channels, *out_outer, *inner.output_size(x.shape[2 + n_outer :])))
     y_outer = y.view((batch, groups, per_group_out, *y.shape[2:])).permute(_outer_first(n_outer, 3, rank))
+    fresh = True
     # both windows are (input slice, output slice): transposed, input i lands on o = i * s + t * d - low; forward,
     # output o reads i = o * s + t * d - low. Input frames first.. are an input of their own whose low padding
     # is low - first * s (transposed) or low + first (forward)
@@ -367,9 +380,9 @@ def spread(
         for tap, windows in lowering.tap_windows(step, outer, (rows, *in_outer[1:]), out_outer, shift * first):
             if windows is not None:
                 slab = slabs[(*(s for s, _ in windows), Ellipsis, *tap, *(slice(None),) * rank)]
-                y_outer[tuple(dst for _, dst in windows)].add_(slab)
+                fresh = lowering.land(y_outer, tuple(dst for _, dst in windows), slab, fresh)
         del xs, slabs  # before the next piece's: one piece's at a time
-    return lowering.add_bias(y, bias)
+    return lowering.add_bias(y.zero_() if fresh else y, bias)
 
 
 def _spread_phases(
@@ -383,23 +396,26 @@ def _spread_phases(
     batch, channels, out_channels = x.shape[0], x.shape[1], weight.shape[0]
     size = tuple(x.shape[2 : 2 + n_outer])
     out = outer.output_size(size)
-    y = x.new_zeros((batch, out_channels, *out, *inner.output_size(x.shape[2 + n_outer :])))
+    y = x.new_empty((batch, out_channels, *out, *inner.output_size(x.shape[2 + n_outer :])))
     y_frames = y.permute(_after_batch(n_outer, rank))  # (B, *outer, C_out, *inner): each slab lands on a slice
+    fresh = True
     # runs of at most as many frames as spread's runs of input frames: a phase frame holds no more than one of those
     most = math.ceil(size[0] / min(max(pieces, 1), max(size[0], 1)))
-    for where, frames, taps, w in _phase_calls(weight, outer, size):
+    for where, frames, taps, _, w in _phase_calls(weight, outer, size):
         x_phase = x[where].permute(_after_batch(n_outer, rank))
         for first, rows in row_runs(frames[0], math.ceil(frames[0] / most)) if taps and 0 not in frames else ():
             piece = (rows, *frames[1:])
             xs = x_phase[:, first : first + rows].reshape((batch * math.prod(piece), channels, *x.shape[2 + n_outer :]))
             slabs = lowering.native_lowered(xs, w, None, inner)
             slabs = slabs.reshape((batch, *piece, out_channels, len(taps), *slabs.shape[2:]))
-            for i, (_, shifts) in enumerate(taps):
+            for i, shifts in enumerate(taps):
                 runs = _tap_runs(shifts, first, piece, out)
                 if runs is not None:
-                    y_frames[(slice(None), *runs[1])].add_(slabs[(slice(None), *runs[0], slice(None), i)])
+                    fresh = lowering.land(
+                        y_frames, (slice(None), *runs[1]), slabs[(slice(None), *runs[0], slice(None), i)], fresh
+                    )
             del xs, slabs  # before the next piece's buffers
-    return y
+    return y.zero_() if fresh else y
 
 
 def foldspread(
@@ -428,7 +444,7 @@ def foldspread(
     out_channels = weight.shape[0]
     out_fold = folding.output_size(size[:n_fold])
     in_last, out_last = size[n_fold], spec.output_size(size)[n_fold]
-    y = x.new_zeros((batch, out_channels, *out_fold, out_last, *inner.output_size(size[n_fold + 1 :])))
+    y = x.new_empty((batch, out_channels, *out_fold, out_last, *inner.output_size(size[n_fold + 1 :])))
     # (*out_fold, B, out_last, G, C_out/G, *inner): a view where each tap's slab lands on a slice of the last dim
     y_rows = y.view((batch, groups, out_channels // groups, *y.shape[2:])).permute(
         (*range(3, 3 + n_fold), 0, 3 + n_fold, 1, 2, *range(4 + n_fold, 4 + n_fold + rank))
@@ -445,12 +461,15 @@ def foldspread(
         xs = folded.reshape((math.prod(piece) * batch * in_last, -1, *size[n_fold + 1 :]))
         slabs = lowering.native_lowered(xs, w, None, inner)
         slabs = slabs.reshape((*piece, batch, in_last, groups, -1, last.kernel[0], *slabs.shape[2:]))
-        y_piece = y_rows[first : first + rows]
+        # the pieces' output rows are disjoint, and each piece lands a slab: along an unstrided dim some tap
+        # always reads the input
+        y_piece, fresh = y_rows[first : first + rows], True
         lead = (slice(None),) * (n_fold + 1)
         for tap in range(last.kernel[0]):
             window = lowering.gather_window(tap, in_last, out_last, 1, last.dilation[0], last.padding[0][0])
             if window is not None:
-                y_piece[(*lead, window[1])].add_(slabs[(*lead, window[0], slice(None), slice(None), tap)])
+                slab = slabs[(*lead, window[0], slice(None), slice(None), tap)]
+                fresh = lowering.land(y_piece, (*lead, window[1]), slab, fresh)
         del folded, xs, slabs  # before the next piece's buffers: one piece's at a time
     return lowering.add_bias(y, bias)
 
