@@ -377,7 +377,8 @@ def spread(
         xs = src[first : first + rows].reshape((frames * batch, channels, *x.shape[2 + n_outer :]))
         slabs = lowering.native_lowered(xs, w, None, inner)
         slabs = slabs.reshape((rows, *in_outer[1:], batch, groups, per_group_out, *outer.kernel, *y.shape[-rank:]))
-        for tap, windows in lowering.tap_windows(step, outer, (rows, *in_outer[1:]), out_outer, shift * first):
+        taps = lowering.tap_windows(step, outer, (rows, *in_outer[1:]), out_outer, shift * first)
+        for tap, windows in lowering.covering_first(taps, out_outer):
             if windows is not None:
                 slab = slabs[(*(s for s, _ in windows), Ellipsis, *tap, *(slice(None),) * rank)]
                 fresh = lowering.land(y_outer, tuple(dst for _, dst in windows), slab, fresh)
@@ -455,6 +456,7 @@ def foldspread(
     # (the last dim batched, the native dims after the channels: measured 1.3x faster here than channels_last)
     axis = 2 * n_fold + 3  # the spread dim's, in folded
     as_batch = (*range(n_fold + 1), axis, *range(n_fold + 1, axis), *range(axis + 1, axis + 1 + rank))
+    taps = lowering.tap_windows(lowering.gather_window, last, (in_last,), (out_last,))  # the spread dim's
     for first, rows in row_runs(out_fold[0], pieces):
         piece = (rows, *out_fold[1:])
         folded = _folded(src, folding, piece, first, size, batched=1).permute(as_batch)
@@ -465,11 +467,10 @@ def foldspread(
         # always reads the input
         y_piece, fresh = y_rows[first : first + rows], True
         lead = (slice(None),) * (n_fold + 1)
-        for tap in range(last.kernel[0]):
-            window = lowering.gather_window(tap, in_last, out_last, 1, last.dilation[0], last.padding[0][0])
-            if window is not None:
-                slab = slabs[(*lead, window[0], slice(None), slice(None), tap)]
-                fresh = lowering.land(y_piece, (*lead, window[1]), slab, fresh)
+        for (tap,), windows in lowering.covering_first(taps, (out_last,)):
+            if windows is not None:
+                slab = slabs[(*lead, windows[0][0], slice(None), slice(None), tap)]
+                fresh = lowering.land(y_piece, (*lead, windows[0][1]), slab, fresh)
         del folded, xs, slabs  # before the next piece's buffers: one piece's at a time
     return lowering.add_bias(y, bias)
 
