@@ -271,6 +271,22 @@ def test_outputs_built_from_uninitialized_memory_are_fully_written(name, channel
     np.testing.assert_allclose(y.numpy(), _oracle(x, w, None, kw), rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("name", ["tapsum", "spread", "foldspread"])
+@pytest.mark.parametrize(("kernel", "fills"), [(3, 0), (2, 1)], ids=["a centre tap", "no covering tap"])
+def test_a_covering_tap_starts_the_output_instead_of_zeros(name, kernel, fills, monkeypatch):
+    """Whatever the order of the taps, one that covers the output is landed first (copied in): no zero fill."""
+    zeroed = []
+    zero_ = torch.Tensor.zero_
+    monkeypatch.setattr(torch.Tensor, "zero_", lambda t: zeroed.append(t.shape) or zero_(t))
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn((1, 4, 4, 5, 6, 7, 8), generator=gen, dtype=torch.float64)
+    w = torch.randn((6, 4, *(kernel,) * 5), generator=gen, dtype=torch.float64)
+    with convnd.strategy(name, max_memory=1 << 40):  # whole: in pieces, a piece not covering starts at zeros
+        y = convnd.conv(x, w, padding=1)
+    np.testing.assert_allclose(y.numpy(), _oracle(x, w, None, {"padding": 1}), rtol=0, atol=1e-10)
+    assert len(zeroed) == fills
+
+
 @pytest.mark.parametrize("name", ["tapsum", "spread"])
 @pytest.mark.parametrize(
     ("frames", "kw"),
