@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 import pytest
@@ -285,6 +286,45 @@ def test_a_covering_tap_starts_the_output_instead_of_zeros(name, kernel, fills, 
         y = convnd.conv(x, w, padding=1)
     np.testing.assert_allclose(y.numpy(), _oracle(x, w, None, {"padding": 1}), rtol=0, atol=1e-10)
     assert len(zeroed) == fills
+
+
+# the lowerings that run native calls in a loop (taps, phases, pieces), each in several pieces: x's channels, kernel,
+# conv kwargs; tapsum with 16 channels keeps its running sum in the first (covering) tap's result
+ONE_AT_A_TIME = [
+    ("tapsum", 4, (3, 3, 3, 3), {"padding": 1}, 0),
+    ("tapsum", 16, (3, 3, 3, 3), {"padding": 1}, 1),
+    ("fold", 4, (3, 3, 3, 3), {"padding": 1}, 0),
+    ("spread", 4, (3, 3, 3, 3), {"padding": 1}, 0),
+    ("spread", 4, (3, 3, 3, 3), {"padding": 1, "stride": 2}, 0),
+    ("foldspread", 4, (3, 3, 3, 3, 3), {"padding": 1}, 0),
+    ("winograd", 4, (3, 3, 3, 3), {"padding": 1}, 0),
+    ("unfold", 4, (2, 2, 2, 2), {"stride": 2, "transposed": True}, 0),
+]
+
+
+@pytest.mark.parametrize(("name", "channels", "kernel", "kw", "kept"), ONE_AT_A_TIME)
+def test_each_native_result_is_freed_before_the_next_call(name, channels, kernel, kw, kept, monkeypatch):
+    """A loop of native calls holds one call's buffers at a time: a name still bound to a view of the previous
+    result (even one not used again) would keep it alive through the next call, raising the peak."""
+    alive, most = [], []
+    native = lowering.native
+
+    def counted(*args):
+        most.append(sum(ref() is not None for ref in alive))
+        result = native(*args)
+        alive.append(weakref.ref(result))
+        return result
+
+    monkeypatch.setattr(lowering, "native", counted)
+    gen = torch.Generator().manual_seed(5)
+    size = (6, 5, 7, 6, 5)[-len(kernel) :]
+    x = torch.randn((2, channels, *size), generator=gen)
+    w_channels = (channels, 6) if kw.get("transposed") else (6, channels)
+    w = torch.randn((*w_channels, *kernel), generator=gen)
+    with convnd.strategy(name, max_memory=20_000), torch.no_grad():
+        y = _run(x, w, None, kw)
+    np.testing.assert_allclose(y.double().numpy(), _oracle(x.double(), w.double(), None, kw), rtol=0, atol=1e-4)
+    assert len(most) > 2 and max(most) == kept
 
 
 @pytest.mark.parametrize("name", ["tapsum", "spread"])

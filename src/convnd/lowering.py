@@ -324,8 +324,9 @@ def _tapsum(
         ys = ys.reshape((*counts, batch, out_channels, *ys.shape[2:]))
         if yp is None:
             yp, fresh = ys, False  # the full tap's result (a view in yp's layout: channels innermost)
-            continue
-        fresh = land(yp, tuple(dst for _, dst in windows), ys, fresh)
+        else:
+            fresh = land(yp, tuple(dst for _, dst in windows), ys, fresh)
+        del folded, ys  # before the next tap's buffers: one tap's at a time
     yp = yp.zero_() if fresh else yp
     return contiguous_with_bias(yp.permute(from_front), bias)  # channels_last sums: into the standard layout
 

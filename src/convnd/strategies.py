@@ -380,8 +380,9 @@ def spread(
         taps = lowering.tap_windows(step, outer, (rows, *in_outer[1:]), out_outer, shift * first)
         for tap, windows in lowering.covering_first(taps, out_outer):
             if windows is not None:
-                slab = slabs[(*(s for s, _ in windows), Ellipsis, *tap, *(slice(None),) * rank)]
-                fresh = lowering.land(y_outer, tuple(dst for _, dst in windows), slab, fresh)
+                # the slab's view is not kept in a name: it would hold the piece's slabs past their del below
+                where = (*(s for s, _ in windows), Ellipsis, *tap, *(slice(None),) * rank)
+                fresh = lowering.land(y_outer, tuple(dst for _, dst in windows), slabs[where], fresh)
         del xs, slabs  # before the next piece's: one piece's at a time
     return lowering.add_bias(y.zero_() if fresh else y, bias)
 
@@ -469,8 +470,8 @@ def foldspread(
         lead = (slice(None),) * (n_fold + 1)
         for (tap,), windows in lowering.covering_first(taps, (out_last,)):
             if windows is not None:
-                slab = slabs[(*lead, windows[0][0], slice(None), slice(None), tap)]
-                fresh = lowering.land(y_piece, (*lead, windows[0][1]), slab, fresh)
+                where = (*lead, windows[0][0], slice(None), slice(None), tap)  # no named view: see spread
+                fresh = lowering.land(y_piece, (*lead, windows[0][1]), slabs[where], fresh)
         del folded, xs, slabs  # before the next piece's buffers: one piece's at a time
     return lowering.add_bias(y, bias)
 
@@ -723,6 +724,7 @@ def _unpatch(
             torch.add(cols, bias.reshape((-1,) + (1,) * (cols.dim() - 2)), out=dst)
         else:
             dst.copy_(cols)
+        del cols  # before the next piece's native result: one piece's at a time
     if not cropped:
         return y if fused else lowering.add_bias(y, bias)
     # crop the padding; output_padding rows past the last tap's reach are zeros
