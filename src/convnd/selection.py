@@ -397,8 +397,9 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
         return g["in"] + 2 * g["out"] + native
     if name == "spread" or (name == "fold" and g["spec"].transposed):
         # per run of input frames, its input and the native call's slabs three times (oneDNN's blocked copies);
-        # the weight with its taps moved, twice. Measured peaks of runs of 1-6 frames on the 4d and large-kernel
-        # workloads: within 0-14% below this (the output accumulates in place: not counted)
+        # the weight with its taps moved, twice. Fitted (0-14% above measured peaks) while a leftover view kept the
+        # previous run's slabs alive; without it the large-kernel workload's one-frame runs peak at about half this
+        # (README, Memory). The output accumulates in place: not counted
         return g["in"] + 3 * g["slabs"] + 2 * g["weight"]
     if name == "fold":
         # the folded input and the native result: channels_last, oneDNN reads and writes both in place
@@ -408,8 +409,9 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
     if name == "foldspread":
         if not strategies.foldspread_applies(g["spec"], how.native_rank):
             return workspace("fold", spec, how, x_shape, w_shape)
-        # the folded input and the slabs, and oneDNN's copies of both (its blocked layouts): measured peaks of the
-        # bench's 5d in 1, 3 and 6 runs 10-26% below this (the output accumulates in place: not counted)
+        # the folded input and the slabs, and oneDNN's copies of both (its blocked layouts): fitted as spread's was,
+        # with the previous run's slabs alive; the bench's 5d in runs of two rows now peaks at about 0.65x this (the
+        # output accumulates in place: not counted)
         return 2 * (g["foldspread_in"] + g["foldspread_slabs"])
     if name == "winograd":
         # one transformed frame set and its products at a time, and oneDNN's copies of both
