@@ -43,7 +43,7 @@ from __future__ import annotations
 import itertools
 import math
 import string
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -283,7 +283,7 @@ def _phases(outer: ConvSpec) -> tuple[tuple[tuple[int, ...], tuple[tuple[int, ..
     return tuple(phases)
 
 
-def _evenly(taps) -> slice:
+def _evenly(taps: Iterable[int]) -> slice:
     """The slice of evenly spaced ascending ``taps`` (an empty slice for none)."""
     taps = list(taps)
     if not taps:
