@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import torch
 
-from . import lowering, selection, winograd
+from . import lowering, selection
 from .padding import pad_nd
 from .spec import ConvSpec
 
@@ -70,24 +70,19 @@ def run_within(
 
     if how.strategy == "fold" and not spec.transposed:  # fold splits its own folded batch, without halos
         return lowering.lowered(x, weight, bias, spec, how, fold_pieces(x, weight, spec, how))
-    if how.strategy == "winograd":  # runs of tiles, each reading its own input frames (fold where F(m, 3) cannot)
-        if (
-            not selection.runs_as_itself("winograd", spec, how, tuple(x.shape), tuple(weight.shape))
-            or x.dtype not in winograd.DTYPES
-        ):
-            return run_within(x, weight, bias, spec, replace(how, strategy="fold"))
-        pieces = selection.winograd_pieces(spec, how, tuple(x.shape), tuple(weight.shape), x.element_size())
-        return lowering.lowered(x, weight, bias, spec, how, pieces)
-    if how.strategy == "foldspread":  # runs of output rows, as fold's (fold where it does not apply)
-        if not selection.runs_as_itself("foldspread", spec, how, tuple(x.shape), tuple(weight.shape)):
-            return run_within(x, weight, bias, spec, replace(how, strategy="fold"))
-        pieces = selection.foldspread_pieces(spec, how, tuple(x.shape), tuple(weight.shape), x.element_size())
-        return lowering.lowered(x, weight, bias, spec, how, pieces)
-    if how.strategy == "unfold" and selection.unpatches(spec):  # runs of input rows, no overlap
-        pieces = selection.unpatch_pieces(spec, how, tuple(x.shape), tuple(weight.shape), x.element_size())
+    shapes = (tuple(x.shape), tuple(weight.shape))
+    if how.strategy in ("winograd", "foldspread") and not selection.runs_as_itself(
+        how.strategy, spec, how, *shapes, x.dtype
+    ):
+        return run_within(x, weight, bias, spec, replace(how, strategy="fold"))  # what a forced one runs there
+    # winograd runs of tiles (each reading its own input frames), foldspread runs of output rows (as fold's),
+    # un-patching runs of input rows (no overlap): each strategy splits its own work
+    runs = _RUNS.get("unpatch" if how.strategy == "unfold" and selection.unpatches(spec) else how.strategy)
+    if runs is not None:
+        pieces = getattr(selection, runs)(spec, how, *shapes, x.element_size())
         return lowering.lowered(x, weight, bias, spec, how, pieces)
     if how.strategy == "spread":  # spread runs runs of input frames, each adding into the one output
-        spread = selection.spread_pieces(spec, how, tuple(x.shape), tuple(weight.shape), limit // x.element_size())
+        spread = selection.spread_pieces(spec, how, *shapes, limit // x.element_size())
         return lowering.lowered(x, weight, bias, spec, how, spread)
     if fits(tuple(x.shape)):
         return lowering.lowered(x, weight, bias, spec, how)
@@ -107,6 +102,12 @@ def run_within(
         for rows in _split(x.shape[0], math.ceil(x.shape[0] / per_piece)):
             y[rows] = lowering.lowered(x[rows], weight, None, spec, how)
     return lowering.add_bias(y, bias)
+
+
+# the strategies that split their own work into runs, and how many runs the budget needs ("unpatch": un-patching
+# ``unfold``); fold and spread are handled apart (a symbolic size, a byte limit)
+# (selection's functions by name: the two modules import each other)
+_RUNS = {"winograd": "winograd_pieces", "foldspread": "foldspread_pieces", "unpatch": "unpatch_pieces"}
 
 
 def fold_pieces(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, how: lowering.Plan) -> int:

@@ -581,14 +581,20 @@ def _in_runs(whole: float, g: dict[str, Any], pieces: int, batch: int, channels:
 
 
 def runs_as_itself(
-    name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int]
+    name: str,
+    spec: ConvSpec,
+    how: lowering.Plan,
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    dtype: torch.dtype = torch.float32,
 ) -> bool:
     """Whether strategy ``name`` runs as itself for this plan, on the plan's dim order: ``winograd`` where F(m, 3)
-    applies (:func:`convnd.winograd.applies`), ``foldspread`` where it does
-    (:func:`convnd.strategies.foldspread_applies`); elsewhere both run ``fold``. Every other strategy always does."""
+    applies (:func:`convnd.winograd.applies`) to a ``dtype`` of :data:`convnd.winograd.DTYPES`, ``foldspread``
+    where it does (:func:`convnd.strategies.foldspread_applies`); elsewhere both run ``fold``. Every other
+    strategy always does."""
     moved = _geometry(spec, how, tuple(x_shape), tuple(w_shape))["spec"]
     if name == "winograd":
-        return winograd.applies(moved, how.native_rank)
+        return winograd.applies(moved, how.native_rank) and dtype in winograd.DTYPES
     if name == "foldspread":
         return strategies.foldspread_applies(moved, how.native_rank)
     return True
