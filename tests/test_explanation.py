@@ -170,13 +170,15 @@ def test_convnd_runs_it_names_the_plan_that_runs_and_counts_its_native_calls(spe
     assert e.convnd_plan.strategy in convnd.selection.STRATEGIES
 
 
-def test_unpatching_is_named_with_the_rank_of_the_calls_that_run():
-    # the plan's native rank is 3, but un-patching runs transposed 1-d calls (the rank the record shows)
-    e = convnd.explain("ConvTransposeNd(16, 8, 2, stride=2, dims=4)", (1, 16, 6, 6, 12, 12))
-    assert (e.convnd_plan.strategy, e.convnd_plan.rank) == ("unfold", 1)
-    assert e.convnd_plan.summary.startswith(f"{e.convnd_plan.native_calls} native 1-d call")
-    assert "un-patching: each kernel tiles its stride" in e.convnd_plan.summary
-    assert e.convnd_plan.steps[0] == "1-d calls over dim 3, runs of input rows of dim 0"
+@pytest.mark.parametrize(("channels", "calls"), [(16, "1 native 2-d call: "), (4, "no native convolution: ")])
+def test_unpatching_is_named_with_the_rank_of_the_calls_that_run(channels, calls):
+    # un-patching's GEMM: a native 1x1 2-d call from 16 input channels (the rank the record shows), else torch.mm
+    e = convnd.explain(f"ConvTransposeNd({channels}, 8, 2, stride=2, dims=4)", (1, channels, 6, 6, 12, 12))
+    assert e.convnd_plan.strategy == "unfold"
+    assert e.convnd_plan.rank == (2 if channels == 16 else 1)
+    assert e.convnd_plan.summary.startswith(calls + "un-patching: each kernel tiles its stride")
+    assert "one GEMM per run of input rows gives every tap of every input position" in e.convnd_plan.summary
+    assert e.convnd_plan.steps[0] == "one GEMM per run of input rows of dim 0, dim 3 interleaved last"
 
 
 def test_a_plan_that_differs_in_training_is_named():

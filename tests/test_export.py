@@ -64,8 +64,8 @@ def test_exported_program_takes_a_dynamic_batch(net: Net, device) -> None:
 @pytest.mark.parametrize("strategy", ["tapsum", "fold", "unfold", "spread"])
 def test_onnx_graph_has_only_native_rank_convolutions_and_runs_in_onnxruntime(net: Net, strategy: str) -> None:
     """Each strategy that runs native convolutions exports them at rank <= 3; ``unfold`` (the cost model's
-    choice for these small layers) exports GEMMs, and for the transposed layer whose kernel tiles its stride
-    (un-patching) one 1-d transposed convolution, which does the GEMM and the last dim's interleave."""
+    choice for these small layers) exports GEMMs only, the transposed layer whose kernel tiles its stride
+    (un-patching) included: a batched GEMM, then its interleave."""
     model, inputs = net.cpu(), _inputs()
     with convnd.strategy(strategy):
         proto = torch.onnx.export(model, inputs, dynamo=True, verbose=False).model_proto
@@ -75,8 +75,7 @@ def test_onnx_graph_has_only_native_rank_convolutions_and_runs_in_onnxruntime(ne
     ranks |= {v.name: len(v.type.tensor_type.shape.dim) for v in values}
     convs = [node for node in proto.graph.node if node.op_type in ("Conv", "ConvTranspose")]
     if strategy == "unfold":
-        kernels = [[list(a.ints) for a in node.attribute if a.name == "kernel_shape"] for node in convs]
-        assert [(node.op_type, k) for node, k in zip(convs, kernels)] == [("ConvTranspose", [[2]])]
+        assert convs == [] and any(node.op_type in ("MatMul", "Gemm", "Einsum") for node in proto.graph.node)
     else:
         assert convs, "the exported graph has no convolution"
     for node in convs:

@@ -8,6 +8,7 @@ import weakref
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import convnd
 from convnd import lowering, reference, selection, strategies, transposes
@@ -298,7 +299,7 @@ ONE_AT_A_TIME = [
     ("spread", 4, (3, 3, 3, 3), {"padding": 1, "stride": 2}, 0),
     ("foldspread", 4, (3, 3, 3, 3, 3), {"padding": 1}, 0),
     ("winograd", 4, (3, 3, 3, 3), {"padding": 1}, 0),
-    ("unfold", 4, (2, 2, 2, 2), {"stride": 2, "transposed": True}, 0),
+    ("unfold", 32, (2, 2, 2, 2), {"stride": 2, "transposed": True}, 0),  # un-patching: its 1x1 GEMM calls
 ]
 
 
@@ -540,28 +541,73 @@ UNPATCH = [
 ]
 
 
+class _Gemms(TorchDispatchMode):
+    """Record the name of every GEMM and native convolution that runs (un-patching's GEMM, in its three forms)."""
+
+    OPS = ("mm", "addmm", "bmm", "baddbmm", "convolution")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.OPS:
+            self.calls.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+# (batch, input channels, groups in kw) -> the GEMM un-patching runs: mm on the input in place (one group, one sample,
+# few channels), bmm (several samples or groups), a native 1x1 call from 16 input channels per group
+GEMM_FORMS = [(1, 4, "mm"), (2, 4, "bmm"), (2, 32, "convolution")]
+
+
 @pytest.mark.parametrize(("dims", "kernel", "kw"), UNPATCH)
 @pytest.mark.parametrize("budget", ["one byte", "half its workspace", "unbounded"])
-def test_unpatching_is_exact_in_runs_of_input_rows(dims, kernel, kw, budget, monkeypatch):
-    """unfold's transposed form when kernels tile their strides: one native 1-d transposed call per run of input
-    rows of the plan's first dim, one run per row when nothing fits, one run when everything does."""
+@pytest.mark.parametrize(("batch", "channels", "form"), GEMM_FORMS)
+def test_unpatching_is_exact_in_runs_of_input_rows(dims, kernel, kw, budget, batch, channels, form):
+    """unfold's transposed form when kernels tile their strides: one GEMM per run of input rows of the plan's first
+    dim, one run per row when nothing fits, one run when everything does; no native transposed call."""
     kw = {"transposed": True, "stride": kernel, **kw}
+    groups = kw.get("groups", 1)
     gen = torch.Generator().manual_seed(dims)
-    x = torch.randn((2, 4, *SIZE[:dims]), generator=gen, dtype=torch.float64)
-    w = torch.randn((4, 3, *kernel), generator=gen, dtype=torch.float64)
-    b = torch.randn(3 * kw.get("groups", 1), generator=gen, dtype=torch.float64)
+    x = torch.randn((batch, channels, *SIZE[:dims]), generator=gen, dtype=torch.float64)
+    w = torch.randn((channels, 3, *kernel), generator=gen, dtype=torch.float64)
+    b = torch.randn(3 * groups, generator=gen, dtype=torch.float64)
     spec = make_spec(kernel, **kw)
     how = lowering.plan(spec, input_shape=tuple(x.shape), weight_shape=tuple(w.shape))
     rows = x.shape[2 + selection.axis_order(dims, how.native_rank, how.native_axes)[0]]  # the plan's first dim
     whole = selection.workspace("unfold", spec, how, tuple(x.shape), tuple(w.shape)) * x.element_size()
     max_memory = {"one byte": 1, "half its workspace": whole // 2, "unbounded": 1 << 40}[budget]
-    with convnd.strategy("unfold", max_memory=max_memory), NativeConvolutions() as record:
+    with convnd.strategy("unfold", max_memory=max_memory), _Gemms() as record:
         y = _run(x, w, b, kw)
     np.testing.assert_allclose(y.numpy(), _oracle(x, w, b, kw), rtol=0, atol=1e-10)
     assert y.is_contiguous()
-    calls = record.calls
-    assert set(calls) == {("forward", 1)}  # transposed 1-d calls: the plan's rank is not pinned
-    assert len(calls) == {"one byte": rows, "half its workspace": math.ceil(rows / (rows // 2)), "unbounded": 1}[budget]
+    pieces = {"one byte": rows, "half its workspace": math.ceil(rows / (rows // 2)), "unbounded": 1}[budget]
+    expected = "bmm" if form == "mm" and groups > 1 else form
+    assert [c.removeprefix("add").removeprefix("badd") for c in record.calls] == [expected] * pieces
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("last", [1, 2, 3, 4])
+@pytest.mark.parametrize("channels", [4, 32])
+def test_unpatching_moves_tiles_whole_without_changing_a_bit(dtype, last, channels, monkeypatch):
+    # the last kernel dim's taps copied as one element of their size (int16/32/64, complex128) or, with none of
+    # that size, as single elements: the same bits either way, with and without a bias
+    kw = {"transposed": True, "stride": (2, 1, 2, last)}
+    gen = torch.Generator().manual_seed(last)
+    x = torch.randn((1, channels, 3, 2, 3, 5), generator=gen).to(dtype)
+    w = torch.randn((channels, 3, 2, 1, 2, last), generator=gen).to(dtype)
+    b = torch.randn(3, generator=gen).to(dtype)
+    with convnd.strategy("unfold"):
+        whole = [_run(x, w, bias, kw) for bias in (None, b)]
+        monkeypatch.setattr(strategies, "UNITS", {})
+        single = [_run(x, w, bias, kw) for bias in (None, b)]
+    for got, expected in zip(whole, single):
+        assert torch.equal(got, expected)
+    tolerance = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 5e-2}[dtype]
+    np.testing.assert_allclose(
+        whole[1].double().numpy(), _oracle(x.double(), w.double(), b.double(), kw), rtol=tolerance, atol=tolerance
+    )
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3])

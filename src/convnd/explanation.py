@@ -337,21 +337,27 @@ def _planned_recipe(spec: ConvSpec, module: Any, checked: LayerInput, tapsum: Re
         return tapsum  # the spelled-out tap sum is literally what runs
     outer_axes = order[: spec.dims - how.native_rank]
     unpatch = how.strategy == "unfold" and selection.unpatches(spec)
-    words = _STRATEGY_WORDS["unpatch" if unpatch else how.strategy].format(
+    gemm = unpatch and selection.call_rank(spec, how) == 0
+    ranks = record.ranks
+    rank = ranks.pop() if len(ranks) == 1 else how.native_rank  # the calls' own (un-patching's GEMM: a 1x1 2-d one)
+    words = _STRATEGY_WORDS["unpatch-gemm" if gemm else "unpatch" if unpatch else how.strategy].format(
         k=tuple(spec.kernel[a] for a in outer_axes),
         taps=math.prod(spec.kernel[a] for a in outer_axes),
         dims=outer_axes,
         n=spec.dims,
     )
-    calls_text = "no native convolution" if count == 0 else _plural(count, f"native {how.native_rank}-d call")
+    calls_text = "no native convolution" if count == 0 else _plural(count, f"native {rank}-d call")
     note = " (strategy('measure') times the plausible strategies on the first call; the cost model's pick)"
     native_axes = order[spec.dims - how.native_rank :]
-    where = (
-        f"{how.native_rank}-d calls over dim{'s' * (how.native_rank > 1)} {', '.join(map(str, native_axes))}, "
-        f"runs of input rows of dim {order[0]}"
-        if unpatch
-        else f"native dims {tuple(a for a in order if a not in outer_axes)}, lowered dims {outer_axes}"
-    )
+    if gemm:
+        where = f"one GEMM per run of input rows of dim {order[0]}, dim {order[-1]} interleaved last"
+    elif unpatch:
+        where = (
+            f"{how.native_rank}-d calls over dim{'s' * (how.native_rank > 1)} {', '.join(map(str, native_axes))}, "
+            f"runs of input rows of dim {order[0]}"
+        )
+    else:
+        where = f"native dims {tuple(a for a in order if a not in outer_axes)}, lowered dims {outer_axes}"
     steps = (
         where,
         f"force another: with convnd.strategy(name): ...  # one of {', '.join(STRATEGIES)}",
@@ -362,7 +368,7 @@ def _planned_recipe(spec: ConvSpec, module: Any, checked: LayerInput, tapsum: Re
     )
     if not measured and training.strategy != how.strategy:  # the cost model weighs the backward where it differs
         summary += f"; when a gradient will be computed, {training.strategy} instead"
-    return Recipe(how.native_rank, how.strategy, count, summary, steps)
+    return Recipe(rank, how.strategy, count, summary, steps)
 
 
 # what each lowering does, in words (the README's strategy table, shortened)
@@ -386,6 +392,9 @@ _STRATEGY_WORDS = {
     "unpatch": "un-patching: each kernel tiles its stride, so every output element is one tap's product; one "
     "native transposed call per run of input rows (the other dims' taps as its output channels), "
     "then one permute interleaves the tiles",
+    "unpatch-gemm": "un-patching: each kernel tiles its stride, so every output element is one tap's product; one "
+    "GEMM per run of input rows gives every tap of every input position (a native 1x1 call from 16 input "
+    "channels per group), then two copies interleave the tiles",
     "fft": "FFT of the input and the kernel over all {n} dims, a channel product per frequency, inverse FFT (exact "
     "up to rounding)",
 }

@@ -150,9 +150,10 @@ def lowered(
         return move_axes(
             lowered(move_axes(x, order), move_axes(weight, order), bias, spec.select(order), moved, pieces), back
         )
+    rank = selection.call_rank(spec, how)
     if pieces > 1:
-        return LOWERINGS[how.strategy](x, weight, bias, spec, how.native_rank, pieces=pieces)
-    return LOWERINGS[how.strategy](x, weight, bias, spec, how.native_rank)
+        return LOWERINGS[how.strategy](x, weight, bias, spec, rank, pieces=pieces)
+    return LOWERINGS[how.strategy](x, weight, bias, spec, rank)
 
 
 def move_axes(t: torch.Tensor, order: Sequence[int]) -> torch.Tensor:

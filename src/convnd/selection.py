@@ -420,9 +420,13 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
         # the banded weight, oneDNN's reordered copy of it, and the native call's copies of its merged input and output
         return 2 * g["band_weight"] + native
     if name == "unfold":
+        if unpatches(g["spec"]) and call_rank(spec, how) == 0:
+            # un-patching by GEMMs: the input's channels_last copy and the GEMM's result, then that result and one
+            # run of its transposed copy (strategies._unpatch_by_gemm; a whole piece's where a piece is one row)
+            return max(g["in"] + g["out"], g["out"] + g["out"] // strategies.COPY_RUNS)
         if unpatches(g["spec"]):
-            # un-patching: the input moved, the native 1-d call's result and oneDNN's copy of it (measured peak of
-            # the bench's 4d-transposed in one piece: within 1% of this)
+            # by native calls of a pinned rank: the input moved, the native call's result and oneDNN's copy of it
+            # (measured peak of the bench's 4d-transposed in one piece, at rank 1: within 1% of this)
             return g["in"] + 2 * g["out"]
         if g["spec"].transposed:
             # every tap's columns of every input position; col2im adds them into a zeroed output
@@ -502,10 +506,12 @@ def cost(
         return band_flops / (rate * _BAND_FILL) + traffic + _CALL
     if name == "unfold":
         if unpatches(g["spec"]):
-            # un-patching: that GEMM inside one native call, then one permute: the input and the output moved once
-            # (fitted to seven tiling shapes, where it ran 1.05-1.8x faster than spread, the next fastest)
-            gemm = flops / _rate(g["per_group_in"], g["per_group_out"] * taps, gemm=True)
-            return gemm + (g["in"] + g["out"]) * _SECONDS_PER_ELEMENT + _CALL
+            # un-patching: one GEMM (strategies._columns) at a flat rate, then two copies of the output, 2.2x
+            # slower per element where the last kernel dim's taps cannot move as one element (a gradient recorded,
+            # or no dtype of their size: 3 float32 taps). Fitted to nine tiling shapes (4-128 channels, tiles of 2
+            # and 3) against spread's price there: unfold ran 1.1-2x faster on eight, level on 32 channels, tile 3
+            moved = 1.1 if _moves_tiles_whole(g["spec"].kernel[-1], training) else 2.4
+            return flops / (0.8 * _PEAK) + (g["in"] + moved * g["out"]) * _SECONDS_PER_ELEMENT + _CALL
         if g["spec"].transposed:  # (B * S_in, C/G) @ (C/G, C_out/G * taps), then col2im
             return flops / _rate(g["per_group_in"], g["per_group_out"] * taps, gemm=True) + 2 * traffic
         return 2 * g["dense_macs"] / _rate(inner * g["outer_taps"], g["per_group_out"], gemm=True) + traffic
@@ -705,6 +711,21 @@ def spread_pieces(
         fit = max(fit, 2)  # a run of one frame of one sample would run as a batch of two: take two frames instead
     # runs of ceil(frames / pieces) <= fit frames each
     return math.ceil(frames / min(max(fit, 1), frames))
+
+
+def _moves_tiles_whole(last_kernel: int, training: bool, itemsize: int = 4) -> bool:
+    """Whether un-patching's copies move the last kernel dim's taps as one element
+    (:func:`convnd.strategies._unpatch_by_gemm`)."""
+    return not training and last_kernel * itemsize in strategies.UNITS
+
+
+def call_rank(spec: ConvSpec, how: lowering.Plan) -> int:
+    """The rank of the native calls ``how``'s strategy runs for ``spec``: the plan's, but 0 (no native call: GEMMs,
+    :func:`convnd.strategies._unpatch`) for un-patching (:func:`unpatches`) that no caller pinned to a rank. The
+    plan keeps its rank for the backward's native weight-gradient calls."""
+    if how.strategy == "unfold" and not how.pinned and unpatches(spec):
+        return 0
+    return how.native_rank
 
 
 def unpatches(spec: ConvSpec) -> bool:

@@ -24,8 +24,9 @@ the dims it keeps native to the back):
 - ``unfold``: the whole convolution as one contraction of a strided window view with
   the weight (im2col + batched GEMM over all N dims); for depthwise and grouped
   weights it is a batched GEMM per group, with no native convolution at all. A
-  transposed kernel that tiles its stride (un-patching) runs native transposed 1-d
-  calls instead, which interleave the last dim inside oneDNN (:func:`_unpatch`).
+  transposed kernel that tiles its stride (un-patching) runs one GEMM per run of input
+  rows, then interleaves the tiles in two copies (:func:`_unpatch`; native transposed calls
+  of the rank a caller pinned).
 - ``fft``: convolution theorem with ``torch.fft``: ``O((C_in + C_out) F log F)`` work
   instead of ``O(C_in C_out prod(kernel) F)``, for large kernels. Not exact to the last
   bit: see :func:`fft_error_bound`.
@@ -621,8 +622,8 @@ def unfold(
 ) -> torch.Tensor:
     """The convolution as one einsum of a strided window view with the weight (im2col + batched GEMM).
 
-    ``pieces`` > 1: runs of input rows when un-patching (:func:`_unpatch`), whose native calls have the plan's
-    rank ``rank`` (:func:`convnd.selection.running` plans 1 unless it is pinned); the other forms run none.
+    ``pieces`` > 1: runs of input rows when un-patching (:func:`_unpatch`), which runs GEMMs (``rank`` 0) or, for a
+    pinned rank, native calls of rank ``rank`` (:func:`convnd.selection.call_rank`); the other forms run none.
     """
     if spec.transposed:
         return _unfold_transposed(x, weight, bias, spec, pieces, rank)
@@ -686,45 +687,35 @@ def _unpatch(
     """Transposed, every kernel exactly tiling its stride (``kernel == stride``, no dilation: un-patching, as in
     decoders): each output element is one tap's product, so col2im adds nothing, it only interleaves.
 
-    The GEMM and the last ``rank`` dims' interleave are one native transposed call of that rank, the other
-    dims' taps its output channels; their interleave is then one permute whose runs are whole output rows.
-    Rank 1 ran fastest (0.25 ms for the 1-d call on the bench's 4-d transposed workload, 0.36 and 0.38 for
-    2-d and 3-d ones); the GEMM's columns interleaved by one permute ran 2x slower than the 1-d form (its runs
-    are one tile wide: 2 elements there), the forward and backward 2.5-3.7x slower.
-    ``pieces`` > 1 runs runs of input rows of the first dim, each one native call whose result is
-    copied into place (the memory budget: a whole native result and oneDNN's copy of it are twice the
-    output; one piece measured 15% faster than two on the bench's workload).
+    ``rank`` 0 (the planner's own plan, :func:`convnd.selection.call_rank`): no transposed convolution. One GEMM
+    per run of input rows gives every tap of every input position, then two copies interleave them
+    (:func:`_unpatch_by_gemm`): 1.1-1.8x faster than the rank-1 calls on eleven tiling shapes, 1.3-1.5x on the
+    bench's 4-d transposed workload, where oneDNN's 1-d transposed call did its GEMM at 78 GFLOP/s.
+    ``rank`` 1-3 (a pinned rank: ``emulate``, ``rewrite``): the GEMM and the last ``rank`` dims' interleave are
+    one native transposed call of that rank, the other dims' taps its output channels; their interleave is then
+    one permute whose runs are whole output rows.
+    ``pieces`` > 1 runs runs of input rows of the first dim, each one GEMM or native call whose result is copied
+    into place (the memory budget: :func:`convnd.selection.workspace`).
     """
-    n, lead = spec.dims, spec.dims - rank  # the first ``lead`` dims' taps become channels
-    batch, size, kernel = x.shape[0], tuple(x.shape[2:]), spec.kernel
+    n, batch, size, kernel = spec.dims, x.shape[0], tuple(x.shape[2:]), spec.kernel
     out_channels = weight.shape[1] * spec.groups
     full = (batch, out_channels, *(m * k for m, k in zip(size, kernel)))
     low = tuple(lo for lo, _ in spec.padding)
     out = spec.output_size(size)
     cropped = low != (0,) * n or out != full[2:]
-    fused = bias is not None and not cropped and lowering.out_allowed(x, weight, bias)  # the bias in the copy's pass
     y = x.new_empty(full)
-    w = weight.reshape((x.shape[1], -1, *kernel[lead:]))  # the first dims' taps after the output channels
-    native = make_spec(kernel[lead:], kernel[lead:], groups=spec.groups, transposed=True)
-    # (B, C_out, rows, K_1, S_2, K_2, .., S_lead, K_lead, *L): the native result's dims in y's order
-    order = (
-        0,
-        lead + 1,
-        *(a for i in range(lead) for a in (1 + i, lead + 2 + i)),
-        *range(2 * lead + 2, 2 * lead + 2 + rank),
-    )
-    for first, rows in row_runs(size[0], pieces):
-        part = x.narrow(2, first, rows)
-        # (B * rows * S_2 .. S_lead, C_in, *S_rest) -> (.., C_out * K_1 .. K_lead, *L) with L = S * K per native dim
-        cols = lowering.native(part.movedim(1, lead + 1).flatten(0, lead), w, None, native)
-        cols = cols.reshape((batch, rows, *size[1:lead], out_channels, *kernel[:lead], *cols.shape[2:]))
-        cols = cols.permute(order)
-        dst = y.narrow(2, first * kernel[0], rows * kernel[0]).view(cols.shape)  # a view of y's rows
-        if fused:
-            torch.add(cols, bias.reshape((-1,) + (1,) * (cols.dim() - 2)), out=dst)
-        else:
-            dst.copy_(cols)
-        del cols  # before the next piece's native result: one piece's at a time
+    if rank == 0:
+        fused = bias is not None and not cropped  # the bias rides in the GEMM (addmm, differentiable)
+        _unpatch_by_gemm(x, weight, bias if fused else None, spec, pieces, y)
+    else:
+        fused = bias is not None and not cropped and lowering.out_allowed(x, weight, bias)  # the bias in the copy
+        for first, rows in row_runs(size[0], pieces):
+            tiles, target = _native_tiles(x.narrow(2, first, rows), weight, spec, rank, y, first)
+            if fused:
+                torch.add(tiles, bias.reshape((-1,) + (1,) * (tiles.dim() - 2)), out=target)
+            else:
+                target.copy_(tiles)
+            del tiles
     if not cropped:
         return y if fused else lowering.add_bias(y, bias)
     # crop the padding; output_padding rows past the last tap's reach are zeros
@@ -732,6 +723,105 @@ def _unpatch(
     if any(short):
         y = F.pad(y, torch_pad_order(tuple((0, m) for m in short)))
     return lowering.add_bias(y[(Ellipsis, *(slice(lo, lo + o) for lo, o in zip(low, out)))].contiguous(), bias)
+
+
+def _native_tiles(
+    part: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, rank: int, y: torch.Tensor, first: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Un-patching's run of input rows ``part`` (from row ``first``) by native transposed ``rank``-d calls: its
+    tiles, a view of them in the order of their place in ``y``, and that place (a view of ``y``, same shape).
+    Rank 1 ran fastest of the native forms (0.25 ms for the 1-d call on the bench's 4-d transposed workload,
+    0.36 and 0.38 for 2-d and 3-d ones)."""
+    n, lead, kernel = spec.dims, spec.dims - rank, spec.kernel  # the first ``lead`` dims' taps become channels
+    batch, size = part.shape[0], tuple(part.shape[2:])
+    w = weight.reshape((part.shape[1], -1, *kernel[lead:]))  # the first dims' taps after the output channels
+    native = make_spec(kernel[lead:], kernel[lead:], groups=spec.groups, transposed=True)
+    # (B * rows * S_2 .. S_lead, C_in, *S_rest) -> (.., C_out * K_1 .. K_lead, *L) with L = S * K per native dim
+    tiles = lowering.native(part.movedim(1, lead + 1).flatten(0, lead), w, None, native)
+    tiles = tiles.reshape((batch, *size[:lead], y.shape[1], *kernel[:lead], *tiles.shape[2:]))
+    # (B, C_out, rows, K_1, S_2, K_2, .., S_lead, K_lead, *L): the native result's dims in y's order
+    order = (0, lead + 1, *(a for i in range(lead) for a in (1 + i, lead + 2 + i)), *range(2 * lead + 2, n + lead + 2))
+    tiles = tiles.permute(order)
+    return tiles, y.narrow(2, first * kernel[0], size[0] * kernel[0]).view(tiles.shape)
+
+
+# fewer input channels per group: the GEMM as torch.mm on the input in place (one group, one sample) or torch.bmm,
+# which ran 1.3-1.5x faster than the 1x1 call (and its channels_last copy of the input) at 4 and 8 channels, 0.9x at
+# 16 (one group), and 1.2x at 8 per group of 2
+POINTWISE_MIN_CHANNELS = 16
+# un-patching's GEMM path interleaves each piece's result in this many runs of input rows: its transposed copy is a
+# third of that result (the budget fits the bench's 4-d transposed workload in one piece: 1.3x faster than two)
+COPY_RUNS = 3
+# bytes -> a dtype of that size: un-patching's copies move a tile's row (the last kernel dim's taps) as one element
+UNITS = {2: torch.int16, 4: torch.int32, 8: torch.int64, 16: torch.complex128}
+
+
+def _unpatch_by_gemm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, pieces: int, y: torch.Tensor
+) -> None:
+    """Un-patching by GEMMs into ``y`` (the uncropped output, N >= 2 dims): per run of input rows, every tap of every
+    input position from one GEMM (:func:`_columns`, ``bias`` added in it), then interleaved into place.
+
+    ``y`` interleaves positions and taps at every dim, so one permute copy would move single taps (its innermost
+    run is the last kernel dim: 2 elements on the bench). Instead the last kernel dim's taps move as one element (a
+    dtype of their size, where autograd records nothing and nothing is traced), first transposed within each row
+    of positions (a block that stays in the L1 cache), then permuted with whole output rows as runs: 0.07 + 0.06
+    ms on the bench's 4-d transposed workload, 0.26 ms in one pass. The two copies run in :data:`COPY_RUNS` runs
+    of input rows, so the transposed buffer is a third of the GEMM's result.
+    """
+    n, kernel, batch, size = spec.dims, spec.kernel, x.shape[0], tuple(x.shape[2:])
+    unit = UNITS.get(kernel[-1] * x.element_size()) if lowering.out_allowed(x, weight, bias) else None
+    last = 1 if unit is not None else kernel[-1]  # the last kernel dim's taps per element moved
+    y_moved = y if unit is None else y.view(unit)
+    for first, rows in row_runs(size[0], pieces):
+        cols, groups = _columns(x.narrow(2, first, rows), weight, bias, spec.groups, math.prod(kernel))
+        per_group = y.shape[1] // groups
+        # (G, B, rows, S_2 .. S_n-1, S_n, C_out/G * K_1 .. K_n-1, last)
+        cols = (cols if unit is None else cols.view(unit)).view(
+            (groups, batch, rows, *size[1:], per_group * math.prod(kernel[:-1]), last)
+        )
+        for sub, count in row_runs(rows, COPY_RUNS):
+            # the last input dim's positions after the taps: (.., C_out/G * K_1 .. K_n-1, S_n, last)
+            blocks = cols.narrow(2, sub, count).transpose(-3, -2).contiguous()
+            blocks = blocks.view((groups, batch, count, *size[1:-1], per_group, *kernel[:-1], size[-1] * last))
+            # -> (B, G, C_out/G, S_1, K_1, .., S_n-1, K_n-1, S_n * K_n): y's order
+            order = (1, 0, n + 1, *(a for i in range(n - 1) for a in (2 + i, n + 2 + i)), 2 * n + 1)
+            tiles = blocks.permute(order)
+            y_moved.narrow(2, (first + sub) * kernel[0], count * kernel[0]).view(tiles.shape).copy_(tiles)
+            del blocks, tiles  # before the next run's: one run's at a time
+        del cols  # before the next piece's GEMM
+
+
+def _columns(
+    part: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int, taps: int
+) -> tuple[torch.Tensor, int]:
+    """Every tap of every input position: (G, B * P, C_out/G * taps) and G, or where one call serves every group,
+    (B * P, C_out * taps) and 1.
+
+    From :data:`POINTWISE_MIN_CHANNELS` input channels per group, a native 1x1 2-d call on the positions as a
+    channels_last batch, (B, C_in, P, 1) -> (B, C_out * taps, P, 1): oneDNN's, 1.1-1.8x faster than ``torch.mm``
+    on the same operands from 16 channels, whose result lies in memory as (B * P, C_out * taps). Fewer: ``torch.mm``
+    on the input in place (one group, one sample) or ``torch.bmm``.
+    """
+    batch, channels = part.shape[:2]
+    per_group = channels // groups
+    pointwise, flat_shape = make_spec((1, 1), groups=groups), (batch, channels, math.prod(part.shape[2:]), 1)
+    # (not where torch would run the 1x1 call on its own slow kernel: one small sample)
+    if per_group >= POINTWISE_MIN_CHANNELS and not lowering.doubled(flat_shape, pointwise):
+        # output channels (G, C_out/G, *K): y's channels, then the taps
+        w = weight.reshape((groups, per_group, -1)).transpose(1, 2).reshape((-1, per_group, 1, 1))
+        b = None if bias is None else bias.repeat_interleave(taps)
+        flat = part.reshape(flat_shape).contiguous(memory_format=torch.channels_last)
+        cols = lowering.native(flat, w, b, pointwise)
+        # a view where oneDNN wrote channels_last (a copy where torch's own 1x1 kernel or a meta tensor did not)
+        return cols.permute(0, 2, 3, 1).contiguous().view((-1, w.shape[0])), 1
+    w = weight.reshape((groups, per_group, -1))
+    b = None if bias is None else bias.reshape((groups, 1, -1)).repeat_interleave(taps, dim=2)
+    if groups == 1 and batch == 1:  # mm reads the transposed positions in place (bmm measured 5x slower on them)
+        rows = part.reshape((channels, -1)).t()
+        return (torch.mm(rows, w[0]) if b is None else torch.addmm(b[0], rows, w[0])), 1
+    rows = part.reshape((batch, groups, per_group, -1)).permute(1, 0, 3, 2).reshape((groups, -1, per_group))
+    return (torch.bmm(rows, w) if b is None else torch.baddbmm(b, rows, w)), groups
 
 
 # --- fft ------------------------------------------------------------------------------
