@@ -703,12 +703,12 @@ def _unpatch(
     low = tuple(lo for lo, _ in spec.padding)
     out = spec.output_size(size)
     cropped = low != (0,) * n or out != full[2:]
-    y = x.new_empty(full)
     if rank == 0:
         fused = bias is not None and not cropped  # the bias rides in the GEMM (addmm, differentiable)
-        _unpatch_by_gemm(x, weight, bias if fused else None, spec, pieces, y)
+        y = _unpatch_by_gemm(x, weight, bias if fused else None, spec, pieces)
     else:
         fused = bias is not None and not cropped and lowering.out_allowed(x, weight, bias)  # the bias in the copy
+        y = x.new_empty(full)
         for first, rows in row_runs(size[0], pieces):
             tiles, target = _native_tiles(x.narrow(2, first, rows), weight, spec, rank, y, first)
             if fused:
@@ -757,39 +757,53 @@ UNITS = {2: torch.int16, 4: torch.int32, 8: torch.int64, 16: torch.complex128}
 
 
 def _unpatch_by_gemm(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, pieces: int, y: torch.Tensor
-) -> None:
-    """Un-patching by GEMMs into ``y`` (the uncropped output, N >= 2 dims): per run of input rows, every tap of every
-    input position from one GEMM (:func:`_columns`, ``bias`` added in it), then interleaved into place.
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, pieces: int
+) -> torch.Tensor:
+    """Un-patching by GEMMs (N >= 2 dims; the output uncropped): per run of input rows, every tap of every input
+    position from one GEMM (:func:`_columns`, ``bias`` added in it), then interleaved into place.
 
-    ``y`` interleaves positions and taps at every dim, so one permute copy would move single taps (its innermost
-    run is the last kernel dim: 2 elements on the bench). Instead the last kernel dim's taps move as one element (a
-    dtype of their size, where autograd records nothing and nothing is traced), first transposed within each row
-    of positions (a block that stays in the L1 cache), then permuted with whole output rows as runs: 0.07 + 0.06
-    ms on the bench's 4-d transposed workload, 0.26 ms in one pass. The two copies run in :data:`COPY_RUNS` runs
-    of input rows, so the transposed buffer is a third of the GEMM's result.
+    The output interleaves positions and taps at every dim, so one permute copy would move single taps (its
+    innermost run is the last kernel dim: 2 elements on the bench). Instead the last kernel dim's taps move as one
+    element (a dtype of their size), first transposed within each row of positions (a block that stays in the L1
+    cache), then permuted with whole output rows as runs: 0.07 + 0.06 ms on the bench's 4-d transposed workload,
+    0.26 ms in one pass. The two copies run in :data:`COPY_RUNS` runs of input rows, so the transposed buffer is a
+    third of the GEMM's result. Where a gradient is recorded (or torch.compile traces) each piece's tiles are copied
+    out whole and the pieces joined: autograd would clone and zero the whole output's gradient for each copy into
+    a view of the output (2.2 against 1.7 ms forward and backward on the bench's workload), and a bit-cast view
+    carries no gradient.
     """
     n, kernel, batch, size = spec.dims, spec.kernel, x.shape[0], tuple(x.shape[2:])
-    unit = UNITS.get(kernel[-1] * x.element_size()) if lowering.out_allowed(x, weight, bias) else None
+    full = (batch, weight.shape[1] * spec.groups, *(m * k for m, k in zip(size, kernel)))
+    in_place = lowering.out_allowed(x, weight, bias)
+    unit = UNITS.get(kernel[-1] * x.element_size()) if in_place else None
     last = 1 if unit is not None else kernel[-1]  # the last kernel dim's taps per element moved
+    y = x.new_empty(full) if in_place else None
     y_moved = y if unit is None else y.view(unit)
+    parts = []
     for first, rows in row_runs(size[0], pieces):
-        cols, groups = _columns(x.narrow(2, first, rows), weight, bias, spec.groups, math.prod(kernel))
-        per_group = y.shape[1] // groups
+        part = x if rows == size[0] else x.narrow(2, first, rows)  # (a narrow's gradient is a zeroed copy)
+        cols, groups = _columns(part, weight, bias, spec.groups, math.prod(kernel))
+        per_group = full[1] // groups
         # (G, B, rows, S_2 .. S_n-1, S_n, C_out/G * K_1 .. K_n-1, last)
         cols = (cols if unit is None else cols.view(unit)).view(
             (groups, batch, rows, *size[1:], per_group * math.prod(kernel[:-1]), last)
         )
-        for sub, count in row_runs(rows, COPY_RUNS):
+        for sub, count in row_runs(rows, COPY_RUNS if in_place else 1):
             # the last input dim's positions after the taps: (.., C_out/G * K_1 .. K_n-1, S_n, last)
-            blocks = cols.narrow(2, sub, count).transpose(-3, -2).contiguous()
+            run = cols if count == rows else cols.narrow(2, sub, count)
+            blocks = run.transpose(-3, -2).contiguous()
             blocks = blocks.view((groups, batch, count, *size[1:-1], per_group, *kernel[:-1], size[-1] * last))
-            # -> (B, G, C_out/G, S_1, K_1, .., S_n-1, K_n-1, S_n * K_n): y's order
-            order = (1, 0, n + 1, *(a for i in range(n - 1) for a in (2 + i, n + 2 + i)), 2 * n + 1)
-            tiles = blocks.permute(order)
-            y_moved.narrow(2, (first + sub) * kernel[0], count * kernel[0]).view(tiles.shape).copy_(tiles)
-            del blocks, tiles  # before the next run's: one run's at a time
+            # -> (B, G, C_out/G, S_1, K_1, .., S_n-1, K_n-1, S_n * K_n): the output's order
+            tiles = blocks.permute((1, 0, n + 1, *(a for i in range(n - 1) for a in (2 + i, n + 2 + i)), 2 * n + 1))
+            if in_place:
+                y_moved.narrow(2, (first + sub) * kernel[0], count * kernel[0]).view(tiles.shape).copy_(tiles)
+            else:
+                parts.append(tiles.reshape((*full[:2], count * kernel[0], *full[3:])))
+            del run, blocks, tiles  # before the next run's: one run's at a time
         del cols  # before the next piece's GEMM
+    if in_place:
+        return y
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
 def _columns(
