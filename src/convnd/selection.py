@@ -150,9 +150,10 @@ def _choose(
 def running(
     how: lowering.Plan, name: str, spec: ConvSpec, x_shape: Sequence[int], forced_axes: bool = False
 ) -> lowering.Plan:
-    """``how`` with strategy ``name``. Un-patching (:func:`unpatches`) runs its native calls 1-d over the largest
-    dim, which measured fastest (:func:`convnd.strategies._unpatch`), unless the rank is pinned (``emulate``,
-    ``rewrite``) or :func:`strategy` forced the native dims (``forced_axes``)."""
+    """``how`` with strategy ``name``. Un-patching (:func:`unpatches`) interleaves the largest dim last (its GEMM's
+    copies then move whole output rows, :func:`convnd.strategies._unpatch`) and keeps rank 1 for its backward's
+    native calls, unless the rank is pinned (``emulate``, ``rewrite``) or :func:`strategy` forced the native dims
+    (``forced_axes``)."""
     if name == "unfold" and unpatches(spec) and not how.pinned and not forced_axes:
         return replace(how, strategy=name, native_rank=1, native_axes=largest_axes(x_shape[2:], 1))
     return replace(how, strategy=name)
