@@ -338,8 +338,8 @@ def _planned_recipe(spec: ConvSpec, module: Any, checked: LayerInput, tapsum: Re
     outer_axes = order[: spec.dims - how.native_rank]
     unpatch = how.strategy == "unfold" and selection.unpatches(spec)
     gemm = unpatch and selection.call_rank(spec, how) == 0
-    ranks = record.ranks
-    rank = ranks.pop() if len(ranks) == 1 else how.native_rank  # the calls' own (un-patching's GEMM: a 1x1 2-d one)
+    ranks = record.ranks  # the calls' own rank where they share one (un-patching's GEMM: a 1x1 2-d call)
+    rank = next(iter(ranks)) if len(ranks) == 1 else how.native_rank
     words = _STRATEGY_WORDS["unpatch-gemm" if gemm else "unpatch" if unpatch else how.strategy].format(
         k=tuple(spec.kernel[a] for a in outer_axes),
         taps=math.prod(spec.kernel[a] for a in outer_axes),

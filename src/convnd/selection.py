@@ -421,7 +421,7 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
         # the banded weight, oneDNN's reordered copy of it, and the native call's copies of its merged input and output
         return 2 * g["band_weight"] + native
     if name == "unfold":
-        if unpatches(g["spec"]) and call_rank(spec, how) == 0:
+        if unpatches(g["spec"]) and not how.pinned:  # (the GEMMs of call_rank 0, whatever strategy how names)
             # un-patching by GEMMs: the input's channels_last copy and the GEMM's result, then that result and one
             # run of its transposed copy (strategies._unpatch_by_gemm; a whole piece's where a piece is one row)
             return max(g["in"] + g["out"], g["out"] + g["out"] // strategies.COPY_RUNS)
