@@ -624,15 +624,18 @@ def test_unpatching_under_a_pinned_rank_runs_native_calls_of_that_rank(rank):
     assert record.calls and set(record.calls) == {("forward", rank)}
 
 
-def test_unpatching_adds_the_bias_in_its_copy_only_without_gradients():
-    # the fused bias (out=) records no gradient: with one requested, the copy and the bias add are separate
+@pytest.mark.parametrize("rank", [None, 1], ids=["planner's GEMM", "pinned native calls"])
+def test_unpatching_adds_the_bias_alike_with_and_without_gradients(rank):
+    # the planner's GEMM adds the bias in its addmm either way; a pinned rank's native calls add it in the copy (out=,
+    # which records no gradient) only without one: the same values, and gradients reach all three operands
     kw = {"transposed": True, "stride": 2}
     x, w, b = (t.float() for t in _operands(4, kw))
     w = w[..., :2, :2, :2, :2].contiguous()
+    spec = make_spec((2, 2, 2, 2), stride=2, transposed=True)
     with convnd.strategy("unfold"):
-        fused = _run(x, w, b, kw)
+        fused = convnd.functional.run(x, w, b, spec, native_rank=rank)
         leaves = [t.clone().requires_grad_() for t in (x, w, b)]
-        graph = _run(*leaves, kw)
+        graph = convnd.functional.run(*leaves, spec, native_rank=rank)
     assert torch.equal(fused, graph.detach())
     graph.square().sum().backward()
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in leaves)

@@ -337,7 +337,7 @@ def _planned_recipe(spec: ConvSpec, module: Any, checked: LayerInput, tapsum: Re
         return tapsum  # the spelled-out tap sum is literally what runs
     outer_axes = order[: spec.dims - how.native_rank]
     unpatch = how.strategy == "unfold" and selection.unpatches(spec)
-    gemm = unpatch and selection.call_rank(spec, how) == 0
+    gemm = selection.call_rank(spec, how) == 0  # un-patching by GEMMs (not a pinned rank's native calls)
     ranks = record.ranks  # the calls' own rank where they share one (un-patching's GEMM: a 1x1 2-d call)
     rank = next(iter(ranks)) if len(ranks) == 1 else how.native_rank
     words = _STRATEGY_WORDS["unpatch-gemm" if gemm else "unpatch" if unpatch else how.strategy].format(

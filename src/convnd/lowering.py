@@ -140,8 +140,7 @@ def lowered(
 
     ``pieces`` > 1 (``fold``, ``foldspread``, ``spread``, ``winograd`` and un-patching ``unfold``, see
     :mod:`convnd.chunking`) splits their work: fold's and foldspread's folded batch into runs of output rows,
-    spread's input into runs of frames,
-    winograd's tiles into runs of tiles, un-patching's input into runs of rows.
+    spread's input into runs of frames, winograd's tiles into runs of tiles, un-patching's input into runs of rows.
     """
     order = selection.axis_order(spec.dims, how.native_rank, how.native_axes)
     if order != tuple(range(spec.dims)):

@@ -571,7 +571,7 @@ def chunked_cost(
         pieces = spread_pieces(spec, how, x_shape, w_shape, limit)
         frames = g["batch"] * g["outer_rest"] * math.ceil(g["first_in"] / pieces)
         return _in_runs(whole, g, pieces, frames, g["channels"])
-    if name == "unfold" and unpatches(g["spec"]):  # runs of input rows, each a native call
+    if name == "unfold" and unpatches(g["spec"]):  # runs of input rows, each a GEMM (or a pinned rank's native call)
         return whole * (1 + _PIECE * (unpatch_pieces(spec, how, x_shape, w_shape, 4) - 1))
     pieces = math.ceil(overshoot)
     if pieces > g["batch"] * max(2, g["first_out"] // 2):

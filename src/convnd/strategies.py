@@ -689,7 +689,7 @@ def _unpatch(
 
     ``rank`` 0 (the planner's own plan, :func:`convnd.selection.call_rank`): no transposed convolution. One GEMM
     per run of input rows gives every tap of every input position, then two copies interleave them
-    (:func:`_unpatch_by_gemm`): 1.1-1.8x faster than the rank-1 calls on eleven tiling shapes, 1.3-1.5x on the
+    (:func:`_unpatch_by_gemm`): 1.1-2.2x faster than the rank-1 calls on eleven tiling shapes, 1.25-1.45x on the
     bench's 4-d transposed workload, where oneDNN's 1-d transposed call did its GEMM at 78 GFLOP/s.
     ``rank`` 1-3 (a pinned rank: ``emulate``, ``rewrite``): the GEMM and the last ``rank`` dims' interleave are
     one native transposed call of that rank, the other dims' taps its output channels; their interleave is then
@@ -769,7 +769,7 @@ def _unpatch_by_gemm(
     0.26 ms in one pass. The two copies run in :data:`COPY_RUNS` runs of input rows, so the transposed buffer is a
     third of the GEMM's result. Where a gradient is recorded (or torch.compile traces) each piece's tiles are copied
     out whole and the pieces joined: autograd would clone and zero the whole output's gradient for each copy into
-    a view of the output (2.2 against 1.7 ms forward and backward on the bench's workload), and a bit-cast view
+    a view of the output (2.2 against 1.4-1.6 ms forward and backward on the bench's workload), and a bit-cast view
     carries no gradient.
     """
     n, kernel, batch, size = spec.dims, spec.kernel, x.shape[0], tuple(x.shape[2:])
@@ -819,9 +819,10 @@ def _columns(
     """
     batch, channels = part.shape[:2]
     per_group = channels // groups
-    pointwise, flat_shape = make_spec((1, 1), groups=groups), (batch, channels, math.prod(part.shape[2:]), 1)
+    flat_shape = (batch, channels, math.prod(part.shape[2:]), 1)
+    pointwise = make_spec((1, 1), groups=groups) if per_group >= POINTWISE_MIN_CHANNELS else None
     # (not where torch would run the 1x1 call on its own slow kernel: one small sample)
-    if per_group >= POINTWISE_MIN_CHANNELS and not lowering.doubled(flat_shape, pointwise):
+    if pointwise is not None and not lowering.doubled(flat_shape, pointwise):
         # output channels (G, C_out/G, *K): y's channels, then the taps
         w = weight.reshape((groups, per_group, -1)).transpose(1, 2).reshape((-1, per_group, 1, 1))
         b = None if bias is None else bias.repeat_interleave(taps)
