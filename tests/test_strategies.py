@@ -353,6 +353,19 @@ def test_an_output_no_tap_reaches_is_the_bias(name, frames, kw, monkeypatch):
     torch.testing.assert_close(y, b.reshape(6, 1, 1, 1, 1).expand(y.shape), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", [*STRATEGIES, "winograd"])
+def test_pieces_whose_rows_read_only_padding_are_zeros(name):
+    """Spatial pieces of output rows past the input's end (high padding on a lowered dim) read an empty run of
+    input: they had asked narrow() for a negative length."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn((2, 3, 2, 5, 6, 7), generator=gen, dtype=torch.float64)
+    w = torch.randn((4, 3, 1, 3, 3, 3), generator=gen, dtype=torch.float64)
+    kw = {"padding": ((0, 3), 1, 1, 1)}
+    with convnd.strategy(name, max_memory=1, custom_backward=False):
+        y = _run(x, w, None, kw)
+    np.testing.assert_allclose(y.numpy(), _oracle(x, w, None, kw), rtol=0, atol=1e-10)
+
+
 def test_the_plan_follows_whether_a_gradient_will_be_computed(monkeypatch):
     ran = []
     for name, run in list(lowering.LOWERINGS.items()):

@@ -171,7 +171,8 @@ def _input_rows(x: torch.Tensor, spec: ConvSpec, axis: int, rows: slice) -> tupl
     size = x.shape[2 + axis]
     start = rows.start * spec.stride[axis] - lo
     stop = (rows.stop - 1) * spec.stride[axis] + spec.window[axis] - lo
-    first, last = max(start, 0), min(stop, size)
+    first = min(max(start, 0), size)
+    last = max(min(stop, size), first)  # rows that read only padding: an empty run of input (the caller's zeros)
     padding = list(spec.padding)
     padding[axis] = (first - start, stop - last)
     # select() over every dim re-derives torch's native padding form for the new pairs
