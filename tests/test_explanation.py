@@ -181,6 +181,31 @@ def test_unpatching_is_named_with_the_rank_of_the_calls_that_run(channels, calls
     assert e.convnd_plan.steps[0] == "one GEMM per run of input rows of dim 0, dim 3 interleaved last"
 
 
+@pytest.mark.parametrize(
+    ("spec", "shape", "said"),
+    [
+        (
+            "ConvNd(4, 6, (1, 3, 3, 3), stride=(3, 1, 1, 1), padding=(2, 1, 1, 1))",
+            (2, 4, 1, 5, 7, 6),
+            "along dim 0 every output reads only zero padding",
+        ),
+        (
+            "ConvTransposeNd(4, 6, (1, 3, 3, 2), stride=(5, 1, 1, 4), padding=(2, 0, 0, 2), "
+            "output_padding=(0, 0, 0, 3))",
+            (2, 4, 2, 5, 7, 1),
+            "along dims 0, 3 every input element lands only on the cropped margin",
+        ),
+    ],
+)
+def test_an_output_that_reads_no_input_is_explained_as_the_bias(spec, shape, said):
+    e = convnd.explain(spec, shape)
+    assert e.convnd_plan.native_calls == 0
+    assert e.convnd_plan.summary == f"no native convolution: {said}, so the output is the bias alone"
+    with torch.no_grad(), NativeConvolutions() as record:
+        parse_layer(spec).build(device="cpu")(torch.randn(shape))
+    assert not record.calls
+
+
 def test_a_plan_that_differs_in_training_is_named():
     # depthwise: the channels-last tap sum forward, band when a gradient will be computed (tests/test_strategies.py)
     e = convnd.explain("ConvNd(32, 32, 3, padding=1, groups=32, dims=4)", (2, 32, 8, 8, 16, 16))

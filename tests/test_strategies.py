@@ -329,28 +329,69 @@ def test_each_native_result_is_freed_before_the_next_call(name, channels, kernel
     assert len(most) > 2 and max(most) == kept
 
 
-@pytest.mark.parametrize("name", ["tapsum", "spread"])
-@pytest.mark.parametrize(
-    ("frames", "kw"),
-    [
-        (1, {"stride": (3, 1, 1, 1), "padding": (2, 1, 1, 1)}),
-        (2, {"transposed": True, "stride": (5, 1, 1, 1), "padding": (2, 0, 0, 0)}),
-    ],
-    ids=["forward", "transposed"],
-)
-def test_an_output_no_tap_reaches_is_the_bias(name, frames, kw, monkeypatch):
-    """The lowered dim's every output reads (or receives) only padding: nothing lands, so the output is zeros."""
-    monkeypatch.setattr(torch.Tensor, "new_empty", lambda t, size, **k: t.new_full(size, float("nan"), **k))
+# an input of ``frames`` along the first dim whose every output reads (or receives) only padding there
+NO_INPUT = [
+    (1, {"stride": (3, 1, 1, 1), "padding": (2, 1, 1, 1)}),
+    (2, {"transposed": True, "stride": (5, 1, 1, 1), "padding": (2, 0, 0, 0)}),
+]
+
+
+def _no_input_operands(frames: int, kw: dict):
     gen = torch.Generator().manual_seed(2)
     x = torch.randn((2, 4, frames, 5, 7, 6), generator=gen, dtype=torch.float64)
     w_channels = (4, 6) if kw.get("transposed") else (6, 4)
     w = torch.randn((*w_channels, 1, 3, 3, 3), generator=gen, dtype=torch.float64)
-    b = torch.randn(6, generator=gen, dtype=torch.float64)
-    with convnd.strategy(name):
-        y = _run(x, w, b, kw)
+    return x, w, torch.randn(6, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", ["tapsum", "spread"])
+@pytest.mark.parametrize(("frames", "kw"), NO_INPUT, ids=["forward", "transposed"])
+def test_a_lowering_no_tap_reaches_writes_the_bias(name, frames, kw, monkeypatch):
+    """The lowering itself, called directly (convnd.conv answers such a call before any lowering runs): nothing
+    lands, so the output it started uninitialized is zeros plus the bias."""
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda t, size, **k: t.new_full(size, float("nan"), **k))
+    x, w, b = _no_input_operands(frames, kw)
+    args = {k: v for k, v in kw.items() if k != "transposed"}
+    spec = make_spec(tuple(w.shape[2:]), transposed=kw.get("transposed", False), **args)
+    y = lowering.LOWERINGS[name](x, w, b, spec, 3)
     assert y.shape[2] == 2
     np.testing.assert_allclose(y.numpy(), _oracle(x, w, b, kw), rtol=0, atol=1e-10)
     torch.testing.assert_close(y, b.reshape(6, 1, 1, 1, 1).expand(y.shape), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("custom", [True, False], ids=["custom backward", "autograd through the lowering"])
+@pytest.mark.parametrize("name", [*STRATEGIES, "winograd"])
+@pytest.mark.parametrize(("frames", "kw"), NO_INPUT, ids=["forward", "transposed"])
+def test_an_output_that_reads_no_input_is_the_bias_with_zero_gradients(name, custom, frames, kw):
+    """As torch's native kernels: the input's and the weight's gradients are zeros, not missing. Lowerings that skip
+    every tap had left the output out of the graph (backward raised) or the input out of it (its grad None)."""
+    x, w, b = (t.requires_grad_() for t in _no_input_operands(frames, kw))
+    with convnd.strategy(name, custom_backward=custom):
+        y = _run(x, w, b, kw)
+    torch.testing.assert_close(y, b.detach().reshape(6, 1, 1, 1, 1).expand(y.shape), rtol=0, atol=0)
+    y.square().sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x)) and torch.equal(w.grad, torch.zeros_like(w))
+    torch.testing.assert_close(b.grad, 2 * b.detach() * y[:, 0].numel())
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_an_emulated_convolution_that_reads_no_input_has_torchs_gradients(transposed):
+    """The pinned path (emulate) against torch's own Conv3d/ConvTranspose3d on the same case."""
+    frames, kw = NO_INPUT[transposed]
+    x = _no_input_operands(frames, kw)[0]
+    cls = torch.nn.ConvTranspose3d if transposed else torch.nn.Conv3d
+    channels = (4, 6)
+    stride, padding = kw["stride"][:3], kw["padding"][:3]
+    theirs = cls(*channels, (1, 3, 3), stride=stride, padding=padding).double()
+    ours = convnd.emulate(cls(*channels, (1, 3, 3), stride=stride, padding=padding).double(), 2)
+    ours.load_state_dict(theirs.state_dict())
+    grads = []
+    for module in (theirs, ours):
+        xi = x[:, :, :, 0].clone().requires_grad_()
+        module(xi).square().sum().backward()
+        grads.append((xi.grad, module.weight.grad, module.bias.grad))
+    for theirs_grad, ours_grad in zip(*grads):
+        torch.testing.assert_close(ours_grad, theirs_grad, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("name", [*STRATEGIES, "winograd"])

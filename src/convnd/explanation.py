@@ -30,7 +30,7 @@ from .checks import check_operands
 from .functional import channels_first
 from .layer_text import LayerText, from_module, parse_layer, parse_shape
 from .layout import DEFAULT_CHANNEL_DIM, Layout, resolve_layout
-from .lowering import execute, gather_window, plan, scatter_window
+from .lowering import execute, gather_window, plan, scatter_window, unread_dims
 from .selection import STRATEGIES, axis_order
 from .spec import ConvSpec, fan_in
 from .testing import NativeConvolutions
@@ -329,6 +329,15 @@ def _planned_recipe(spec: ConvSpec, module: Any, checked: LayerInput, tapsum: Re
     if measured:  # timed on the first real call; here, the cost model's pick (as while compiling)
         batched = x if checked.batched else x.unsqueeze(0)
         how = selection.measured(batched, weight, None, spec, how, timed=False)
+    unread = unread_dims(spec, tuple(x.shape[-spec.dims :]))
+    if unread:  # execute answers it before any lowering runs
+        if spec.transposed:
+            reads = "every input element lands only on the cropped margin"
+        else:
+            reads = "every output reads only zero padding"
+        dims = f"dim{'s' * (len(unread) > 1)} {', '.join(map(str, unread))}"
+        summary = f"no native convolution: along {dims} {reads}, so the output is the bias alone"
+        return Recipe(how.native_rank, how.strategy, 0, summary, ("y = zeros(output shape) + bias",))
     with torch.no_grad(), NativeConvolutions() as record:
         execute(x, weight, None, spec, how)
     count = len(record.calls)

@@ -127,10 +127,42 @@ def execute(
         x = x.unsqueeze(0)
     if how.strategy == "lift":
         y = _lift(x, weight, bias, spec, how.native_rank)
+    elif unread_dims(spec, tuple(x.shape[2:])):
+        y = _bias_alone(x, weight, bias, spec)
     else:
         # contiguous like torch's own output (unfold's einsum can leave its result permuted: y.view would fail)
         y = autograd.run(x, weight, bias, spec, how).contiguous()
     return y if batched else y.squeeze(0)
+
+
+def unread_dims(spec: ConvSpec, size: Sequence[int]) -> tuple[int, ...]:
+    """The spatial dims along which no output of ``spec`` on a spatial input of ``size`` reads an input element.
+
+    Along such a dim every tap of every output reads zero padding only (a convolution), or every input element
+    lands only on the cropped margin (a transposed one); with one or more, the output is the bias alone. Other
+    padding modes pad with input elements, so they always read it.
+    """
+    if spec.padding_mode != "zeros":
+        return ()
+    step = scatter_window if spec.transposed else gather_window
+    per_dim = zip(size, spec.output_size(size), spec.kernel, spec.stride, spec.dilation, spec.padding)
+    return tuple(
+        axis
+        for axis, (n, o, k, s, d, (lo, _)) in enumerate(per_dim)
+        if all(step(t, n, o, s, d, lo) is None for t in range(k))
+    )
+
+
+def _bias_alone(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec) -> torch.Tensor:
+    """The output of a batched convolution that reads no input element (:func:`unread_dims`): zeros plus the bias,
+    still a function of ``x`` and ``weight`` when a gradient is recorded, so that theirs are zeros as torch's native
+    kernels give (a lowering that skipped every tap would leave them out of the graph: None, or no graph at all)."""
+    out_channels = weight.shape[1] * spec.groups if spec.transposed else weight.shape[0]
+    y = x.new_zeros((x.shape[0], out_channels, *spec.output_size(x.shape[2:])))
+    if wants_grad(x, weight):
+        # sums over empty views: exactly zero whatever x holds (0 * inf would be nan), and no copy of x
+        y = y + (x.narrow(1, 0, 0).sum() + weight.narrow(0, 0, 0).sum())
+    return add_bias(y, bias)
 
 
 def lowered(
