@@ -1,11 +1,13 @@
 """Hypothesis strategies for random convolution configurations, shared by the test modules.
 
 A config is every argument of ``convnd.conv`` plus the shapes of its operands, drawn so that
-the convolution is valid (sizes fit the dilated kernel and each padding mode's limits).
+the convolution is valid (sizes fit the dilated kernel and each padding mode's limits); a
+transposed case likewise for ``convnd.conv_transpose`` (output_padding, cropping padding).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,3 +102,76 @@ def configs(
     input_shape = (cin, *size) if batch is None else (batch, cin, *size)
     kwargs = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups, "padding_mode": mode}
     return Config(input_shape, (cout, cin // groups, *kernel), draw(st.booleans()), kwargs, spec.padding)
+
+
+@dataclass(frozen=True)
+class TransposedCase:
+    """One random transposed convolution and the input size it runs on."""
+
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    output_padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    in_channels: int
+    out_channels: int
+    size: tuple[int, ...]
+    batch: int | None  # None: unbatched input
+    bias: bool
+
+    @property
+    def dims(self) -> int:
+        return len(self.kernel)
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """The positional arguments after (input, weight, bias), in conv_transpose's order."""
+        return self.stride, self.padding, self.output_padding, self.groups, self.dilation
+
+    def operands(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+        shape = (self.in_channels, *self.size) if self.batch is None else (self.batch, self.in_channels, *self.size)
+        x = torch.randn(shape, dtype=dtype, device=device)
+        w = torch.randn(self.in_channels, self.out_channels // self.groups, *self.kernel, dtype=dtype, device=device)
+        b = torch.randn(self.out_channels, dtype=dtype, device=device) if self.bias else None
+        return x, w, b
+
+
+@st.composite
+def transposed_cases(
+    draw: Any, dims: st.SearchStrategy[int], max_kernel: int = 3, extra_padding: int = 0
+) -> TransposedCase:
+    """A random transposed convolution; padding goes up to dilation * (kernel - 1) + extra_padding."""
+    n = draw(dims)
+    big = n > 3  # keep N > 3 small: the reference loops over every kernel tap
+    ints = st.integers
+    kernel = tuple(draw(ints(1, 2 if big else max_kernel)) for _ in range(n))
+    stride = tuple(draw(ints(1, 3)) for _ in range(n))
+    dilation = tuple(draw(ints(1, 3)) for _ in range(n))
+    padding = tuple(draw(ints(0, d * (k - 1) + extra_padding)) for k, d in zip(kernel, dilation))
+    output_padding = tuple(draw(ints(0, max(s, d) - 1)) for s, d in zip(stride, dilation))
+    size = []
+    for k, s, d, p, op in zip(kernel, stride, dilation, padding, output_padding):
+        # the smallest input whose output, (L - 1) * s - 2p + d * (k - 1) + op + 1, is not empty
+        deficit = 2 * p - d * (k - 1) - op
+        smallest = 1 + max(0, math.ceil(deficit / s))
+        size.append(draw(ints(smallest, smallest + (1 if big else 3))))
+    groups = draw(st.sampled_from((1, 2)))
+    return TransposedCase(
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        output_padding=output_padding,
+        dilation=dilation,
+        groups=groups,
+        in_channels=groups * draw(ints(1, 2)),
+        out_channels=groups * draw(ints(1, 2)),
+        size=tuple(size),
+        batch=draw(st.sampled_from((None, 1, 2))),
+        bias=draw(st.booleans()),
+    )
+
+
+def batched(x: torch.Tensor, case: TransposedCase) -> torch.Tensor:
+    """The input as the reference takes it: with a batch dim."""
+    return x if case.batch is not None else x.unsqueeze(0)

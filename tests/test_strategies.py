@@ -7,10 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import convnd
+from configs import batched, configs, transposed_cases
 from convnd import lowering, reference, selection, strategies, transposes
 from convnd.spec import make_spec
 from convnd.testing import NativeConvolutions
@@ -405,6 +408,56 @@ def test_pieces_whose_rows_read_only_padding_are_zeros(name):
     with convnd.strategy(name, max_memory=1, custom_backward=False):
         y = _run(x, w, None, kw)
     np.testing.assert_allclose(y.numpy(), _oracle(x, w, None, kw), rtol=0, atol=1e-10)
+
+
+# how a random config is forced: any strategy (None: the planner's), any budget, either backward
+FORCINGS = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from([None, *STRATEGIES, "winograd"]),
+        "max_memory": st.sampled_from([None, 1, 20_000]),
+        "custom_backward": st.sampled_from([None, True, False]),
+    }
+)
+
+
+@given(cfg=configs(dims=4, max_extra=2), forced=FORCINGS)
+def test_every_forced_strategy_is_exact_on_random_configs_and_their_gradients(cfg, forced):
+    """Random 4-d configs (every padding form and mode, stride, dilation, groups, unbatched) through a forced
+    strategy, budget and backward: the reference's output, and the gradients of autograd through the plain tap sum."""
+    x, w, b = (None if t is None else t.requires_grad_() for t in cfg.tensors(torch.float64))
+    with convnd.strategy(**forced):
+        y = convnd.conv(x, w, b, **cfg.kwargs)
+    k, xb = cfg.kwargs, x if cfg.batched else x.unsqueeze(0)
+    expected = reference.conv(xb, w, b, k["stride"], cfg.pairs, k["dilation"], k["groups"], k["padding_mode"])
+    np.testing.assert_allclose((y if cfg.batched else y.unsqueeze(0)).detach().numpy(), expected, atol=1e-10)
+    _gradients_match_the_plain_tap_sum(y, lambda: convnd.conv(x, w, b, **cfg.kwargs), (x, w, b))
+
+
+@given(
+    dims=st.sampled_from([4, 5]),
+    data=st.data(),
+    forced=FORCINGS,
+)
+def test_every_forced_strategy_is_exact_on_random_transposed_configs(dims, data, forced):
+    """The same for transposed convolutions (their own random configs: output_padding, cropping padding)."""
+    case = data.draw(transposed_cases(st.just(dims), max_kernel=2))
+    x, w, b = (None if t is None else t.requires_grad_() for t in case.operands(torch.float64))
+    with convnd.strategy(**forced):
+        y = convnd.conv_transpose(x, w, b, *case.args)
+    expected = reference.conv_transpose(batched(x, case), w, b, *case.args)
+    np.testing.assert_allclose(batched(y, case).detach().numpy(), expected, atol=1e-10)
+    _gradients_match_the_plain_tap_sum(y, lambda: convnd.conv_transpose(x, w, b, *case.args), (x, w, b))
+
+
+def _gradients_match_the_plain_tap_sum(y, call, operands) -> None:
+    """``y``'s gradients (for a random output gradient) equal autograd's through the plain tap sum of ``call``."""
+    leaves = [t for t in operands if t is not None]
+    grad = torch.randn(y.shape, dtype=y.dtype)
+    ours = torch.autograd.grad(y, leaves, grad)
+    with convnd.strategy("tapsum", custom_backward=False):
+        plain = call()
+    for got, want in zip(ours, torch.autograd.grad(plain, leaves, grad)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
 def test_the_plan_follows_whether_a_gradient_will_be_computed(monkeypatch):

@@ -4,9 +4,7 @@ gradcheck (N = 4), ``output_size=``, the rank rules and exact error messages."""
 from __future__ import annotations
 
 import itertools
-import math
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +15,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import convnd
+from configs import TransposedCase, batched, transposed_cases
 from convnd import reference
 from convnd.functional import run
 from convnd.spec import make_spec
@@ -26,88 +25,17 @@ TORCH_MODULE = {1: torch.nn.ConvTranspose1d, 2: torch.nn.ConvTranspose2d, 3: tor
 CONVND_MODULE = {1: convnd.ConvTranspose1d, 2: convnd.ConvTranspose2d, 3: convnd.ConvTranspose3d}
 
 
-@dataclass(frozen=True)
-class Case:
-    """One random transposed convolution and the input size it runs on."""
-
-    kernel: tuple[int, ...]
-    stride: tuple[int, ...]
-    padding: tuple[int, ...]
-    output_padding: tuple[int, ...]
-    dilation: tuple[int, ...]
-    groups: int
-    in_channels: int
-    out_channels: int
-    size: tuple[int, ...]
-    batch: int | None  # None: unbatched input
-    bias: bool
-
-    @property
-    def dims(self) -> int:
-        return len(self.kernel)
-
-    @property
-    def args(self) -> tuple[Any, ...]:
-        """The positional arguments after (input, weight, bias), in conv_transpose's order."""
-        return self.stride, self.padding, self.output_padding, self.groups, self.dilation
-
-    def operands(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
-        shape = (self.in_channels, *self.size) if self.batch is None else (self.batch, self.in_channels, *self.size)
-        x = torch.randn(shape, dtype=dtype, device=device)
-        w = torch.randn(self.in_channels, self.out_channels // self.groups, *self.kernel, dtype=dtype, device=device)
-        b = torch.randn(self.out_channels, dtype=dtype, device=device) if self.bias else None
-        return x, w, b
-
-
-@st.composite
-def cases(draw: Any, dims: st.SearchStrategy[int], max_kernel: int = 3, extra_padding: int = 0) -> Case:
-    """A random transposed convolution; padding goes up to dilation * (kernel - 1) + extra_padding."""
-    n = draw(dims)
-    big = n > 3  # keep N > 3 small: the reference loops over every kernel tap
-    ints = st.integers
-    kernel = tuple(draw(ints(1, 2 if big else max_kernel)) for _ in range(n))
-    stride = tuple(draw(ints(1, 3)) for _ in range(n))
-    dilation = tuple(draw(ints(1, 3)) for _ in range(n))
-    padding = tuple(draw(ints(0, d * (k - 1) + extra_padding)) for k, d in zip(kernel, dilation))
-    output_padding = tuple(draw(ints(0, max(s, d) - 1)) for s, d in zip(stride, dilation))
-    size = []
-    for k, s, d, p, op in zip(kernel, stride, dilation, padding, output_padding):
-        # the smallest input whose output, (L - 1) * s - 2p + d * (k - 1) + op + 1, is not empty
-        deficit = 2 * p - d * (k - 1) - op
-        smallest = 1 + max(0, math.ceil(deficit / s))
-        size.append(draw(ints(smallest, smallest + (1 if big else 3))))
-    groups = draw(st.sampled_from((1, 2)))
-    return Case(
-        kernel=kernel,
-        stride=stride,
-        padding=padding,
-        output_padding=output_padding,
-        dilation=dilation,
-        groups=groups,
-        in_channels=groups * draw(ints(1, 2)),
-        out_channels=groups * draw(ints(1, 2)),
-        size=tuple(size),
-        batch=draw(st.sampled_from((None, 1, 2))),
-        bias=draw(st.booleans()),
-    )
-
-
-def batched(x: torch.Tensor, case: Case) -> torch.Tensor:
-    """The input as the reference takes it: with a batch dim."""
-    return x if case.batch is not None else x.unsqueeze(0)
-
-
 # --- N <= 3: bit-identical to torch ------------------------------------------------------------------------
 
 
-@given(case=cases(st.integers(1, 3), extra_padding=1))
-def test_functional_is_bit_identical_to_torch(case: Case, device: torch.device) -> None:
+@given(case=transposed_cases(st.integers(1, 3), extra_padding=1))
+def test_functional_is_bit_identical_to_torch(case: TransposedCase, device: torch.device) -> None:
     x, w, b = case.operands(torch.float32, device)
     expected = TORCH_FUNCTIONAL[case.dims](x, w, b, *case.args)
     assert torch.equal(convnd.conv_transpose(x, w, b, *case.args), expected)
 
 
-def module_pair(case: Case, seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+def module_pair(case: TransposedCase, seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The convnd module and torch's, each built right after the same manual_seed."""
     kwargs = dict(
         stride=case.stride,
@@ -124,8 +52,8 @@ def module_pair(case: Case, seed: int) -> tuple[torch.nn.Module, torch.nn.Module
     return ours, theirs
 
 
-@given(case=cases(st.integers(1, 3)), seed=st.integers(0, 2**16))
-def test_module_is_a_drop_in_for_torch(case: Case, seed: int) -> None:
+@given(case=transposed_cases(st.integers(1, 3)), seed=st.integers(0, 2**16))
+def test_module_is_a_drop_in_for_torch(case: TransposedCase, seed: int) -> None:
     ours, theirs = module_pair(case, seed)
     assert repr(ours) == repr(theirs)
     assert list(ours.state_dict()) == list(theirs.state_dict())
@@ -143,8 +71,8 @@ def test_module_is_a_drop_in_for_torch(case: Case, seed: int) -> None:
     assert torch.equal(nd(x), theirs(x))
 
 
-@given(case=cases(st.integers(1, 3), max_kernel=2), leading=st.booleans())
-def test_output_size_matches_torch_for_every_reachable_size(case: Case, leading: bool) -> None:
+@given(case=transposed_cases(st.integers(1, 3), max_kernel=2), leading=st.booleans())
+def test_output_size_matches_torch_for_every_reachable_size(case: TransposedCase, leading: bool) -> None:
     """Where torch's module takes output_size convnd gives its exact result; convnd also reaches the sizes a
     valid output_padding gives when dilation > stride (torch's module stops at stride - 1); the rest is an error."""
     ours, theirs = module_pair(case, 0)
@@ -181,7 +109,7 @@ def test_output_size_matches_torch_for_every_reachable_size(case: Case, leading:
 
 def test_output_size_range_when_dilation_exceeds_stride() -> None:
     """stride 1, dilation 2: torch's module takes only the smallest size, F.conv_transpose1d also makes the next."""
-    ours, theirs = module_pair(Case((3,), (1,), (0,), (0,), (2,), 1, 2, 2, (5,), 1, True), 0)
+    ours, theirs = module_pair(TransposedCase((3,), (1,), (0,), (0,), (2,), 1, 2, 2, (5,), 1, True), 0)
     x = torch.randn(1, 2, 5)
     assert torch.equal(ours(x, output_size=[9]), theirs(x, output_size=[9]))
     with pytest.raises(ValueError, match=re.escape("valid sizes range from [9] to [9]")):
@@ -199,8 +127,10 @@ def test_output_size_range_when_dilation_exceeds_stride() -> None:
 # every knob at once for N = 4 and 5: stride, output_padding up to max(stride, dilation) - 1 (dilation > stride
 # too), groups, padding at its largest, dilation * (kernel - 1), unbatched and batched
 FEATURED = [
-    Case((2, 3, 1, 2), (2, 1, 3, 1), (1, 4, 0, 2), (1, 1, 2, 0), (1, 2, 1, 2), 2, 4, 2, (3, 4, 2, 3), None, True),
-    Case(
+    TransposedCase(
+        (2, 3, 1, 2), (2, 1, 3, 1), (1, 4, 0, 2), (1, 1, 2, 0), (1, 2, 1, 2), 2, 4, 2, (3, 4, 2, 3), None, True
+    ),
+    TransposedCase(
         (2, 2, 2, 2, 2), (1, 2, 1, 3, 2), (2, 1, 0, 1, 3), (1, 1, 0, 2, 2), (2, 1, 1, 1, 3), 2, 2, 4, (2,) * 5, 2, True
     ),
 ]
@@ -208,16 +138,16 @@ FEATURED = [
 
 @example(case=FEATURED[0])
 @example(case=FEATURED[1])
-@given(case=cases(st.integers(1, 5)))
-def test_agrees_with_the_reference(case: Case, device: torch.device) -> None:
+@given(case=transposed_cases(st.integers(1, 5)))
+def test_agrees_with_the_reference(case: TransposedCase, device: torch.device) -> None:
     x, w, b = case.operands(torch.float64, device)
     y = convnd.conv_transpose(x, w, b, *case.args)
     expected = reference.conv_transpose(batched(x, case), w, b, *case.args)
     np.testing.assert_allclose(batched(y, case).cpu().numpy(), expected, rtol=1e-10, atol=1e-10)
 
 
-@given(case=cases(st.integers(1, 5), max_kernel=2), native_rank=st.sampled_from((1, 2, 3)))
-def test_every_native_rank_agrees_with_the_reference(case: Case, native_rank: int) -> None:
+@given(case=transposed_cases(st.integers(1, 5), max_kernel=2), native_rank=st.sampled_from((1, 2, 3)))
+def test_every_native_rank_agrees_with_the_reference(case: TransposedCase, native_rank: int) -> None:
     """The planner's scatter (tapsum) and lift for a transposed spec, on native kernels of every rank."""
     x, w, b = case.operands(torch.float64)
     spec = make_spec(
@@ -244,8 +174,8 @@ def test_module_agrees_with_the_reference(dims: int) -> None:
 
 @example(case=FEATURED[0])
 @example(case=FEATURED[1])
-@given(case=cases(st.integers(1, 5)))
-def test_adjoint_identity(case: Case, device: torch.device) -> None:
+@given(case=transposed_cases(st.integers(1, 5)))
+def test_adjoint_identity(case: TransposedCase, device: torch.device) -> None:
     """<conv(x, w), y> == <x, conv_transpose(y, w)>, output_padding chosen so conv_transpose returns x's shape."""
     _, w, _ = case.operands(
         torch.float64, device
