@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -96,6 +98,32 @@ def test_non_contiguous_operands(dims, device):
     got = convnd.conv(x, w, padding=1, padding_mode="reflect")
     expected = reference.conv(x.cpu(), w.cpu(), padding=((1, 1),) * dims, padding_mode="reflect")
     np.testing.assert_allclose(got.cpu().numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
+# (weight shape, its strides): dense, but a size-1 dim carries a stride its dense layout would not give it
+ODD_WEIGHTS = [
+    ((6, 9, 3, 1, 1), (27, 1, 9, 1, 1)),
+    ((16, 4, 1, 2, 3), (24, 1, 1, 12, 4)),
+    ((14, 4, 3, 1), (12, 1, 4, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("shape", "strides"), ODD_WEIGHTS, ids=str)
+def test_a_weight_with_odd_strides_on_size_one_dims_is_read_right(shape, strides, channels_last, dtype):
+    """torch 2.13's CPU convolution misreads such weights (lowerings make them: a kernel of 1, one channel per
+    group); convnd hands it a dense copy. groups 2, stride and dilation 2 where the kernel allows."""
+    gen = torch.Generator().manual_seed(3)
+    n = len(shape) - 2
+    w = torch.randn(math.prod(shape), generator=gen).as_strided(shape, strides).to(dtype)
+    x = torch.randn((2, 2 * shape[1], *(7,) * n), generator=gen).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format={2: torch.channels_last, 3: torch.channels_last_3d}[n])
+    kw = {"stride": 2, "padding": 1, "dilation": 2, "groups": 2}
+    expected = TORCH_CONV[n](x.double(), w.double(), None, **kw)
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(convnd.conv(x, w, **kw).double(), expected, rtol=0, atol=3e-2 * scale)
 
 
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 5e-2), (torch.float16, 5e-3)])

@@ -420,16 +420,51 @@ FORCINGS = st.fixed_dictionaries(
 )
 
 
-@given(cfg=configs(dims=4, max_extra=2), forced=FORCINGS)
-def test_every_forced_strategy_is_exact_on_random_configs_and_their_gradients(cfg, forced):
+# float32 configs whose lowered weights have size-1 dims with strides torch 2.13's oneDNN convolution misreads
+# (found by a fuzz: both were wrong by about the output's own scale before lowering.native copied such weights)
+# (the winograd one misread with two threads, as the fuzz ran; the suite runs one, where only fold's still does)
+MISREAD = [
+    ("fold", None, (2, 2, 4, 1, 2, 4, 3), (6, 1, 3, 3, 3, 1, 1), (2, 2, 1, 2, 1), (1, 1, 2, 0, 0), (2, 1, 2, 2, 1)),
+    (
+        "winograd",
+        30000,
+        (2, 2, 4, 2, 3, 3, 4),
+        (4, 1, 2, 1, 2, 1, 1),
+        (1, 2, 2, 1, 1),
+        (2, 2, 1, 1, 1),
+        (1, 2, 2, 1, 1),
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "max_memory", "x_shape", "w_shape", "stride", "padding", "dilation"), MISREAD)
+def test_lowered_weights_reach_onednn_in_a_layout_it_reads_right(
+    name, max_memory, x_shape, w_shape, stride, padding, dilation
+):
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(x_shape, generator=gen), torch.randn(w_shape, generator=gen)
+    kw = {"stride": stride, "padding": padding, "dilation": dilation, "groups": 2}
+    with convnd.strategy(name, max_memory=max_memory):
+        y = convnd.conv(x, w, **kw)
+    expected = _oracle(x.double(), w.double(), None, kw)
+    np.testing.assert_allclose(y.double().numpy(), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+# float64 runs torch's own kernels, float32 oneDNN's (which misread some weights lowerings make: test_functional)
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+@given(cfg=configs(dims=4, max_extra=2), forced=FORCINGS, dtype=st.sampled_from(list(TOLERANCE)))
+def test_every_forced_strategy_is_exact_on_random_configs_and_their_gradients(cfg, forced, dtype):
     """Random 4-d configs (every padding form and mode, stride, dilation, groups, unbatched) through a forced
     strategy, budget and backward: the reference's output, and the gradients of autograd through the plain tap sum."""
-    x, w, b = (None if t is None else t.requires_grad_() for t in cfg.tensors(torch.float64))
+    x, w, b = (None if t is None else t.requires_grad_() for t in cfg.tensors(dtype))
     with convnd.strategy(**forced):
         y = convnd.conv(x, w, b, **cfg.kwargs)
     k, xb = cfg.kwargs, x if cfg.batched else x.unsqueeze(0)
     expected = reference.conv(xb, w, b, k["stride"], cfg.pairs, k["dilation"], k["groups"], k["padding_mode"])
-    np.testing.assert_allclose((y if cfg.batched else y.unsqueeze(0)).detach().numpy(), expected, atol=1e-10)
+    atol = TOLERANCE[dtype] * max(np.abs(expected).max(), 1)
+    np.testing.assert_allclose((y if cfg.batched else y.unsqueeze(0)).detach().double().numpy(), expected, atol=atol)
     _gradients_match_the_plain_tap_sum(y, lambda: convnd.conv(x, w, b, **cfg.kwargs), (x, w, b))
 
 
@@ -457,7 +492,8 @@ def _gradients_match_the_plain_tap_sum(y, call, operands) -> None:
     with convnd.strategy("tapsum", custom_backward=False):
         plain = call()
     for got, want in zip(ours, torch.autograd.grad(plain, leaves, grad)):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+        tolerance = TOLERANCE[got.dtype] * max(want.abs().max().item(), 1)
+        torch.testing.assert_close(got, want, rtol=TOLERANCE[got.dtype], atol=tolerance)
 
 
 def test_the_plan_follows_whether_a_gradient_will_be_computed(monkeypatch):

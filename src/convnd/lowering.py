@@ -206,12 +206,46 @@ def native(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spe
         )
     if spec.padding_mode != "zeros":
         x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()
+    if _misread(weight):
+        weight = weight.clone(memory_format=torch.contiguous_format if weight.is_contiguous() else _LAST[weight.dim()])
     padding = spec.native_padding
     if padding is None:
         common = tuple(min(pair) for pair in spec.padding)
         x = F.pad(x, torch_pad_order(tuple((lo - c, hi - c) for (lo, hi), c in zip(spec.padding, common))))
         padding = common
     return _CONV[spec.dims](x, weight, bias, spec.stride, padding, spec.dilation, spec.groups)
+
+
+_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def _misread(weight: torch.Tensor) -> bool:
+    """Whether a size-1 dim of a dense ``weight`` carries a stride its dense layout would not give it.
+
+    torch counts such a weight as dense (a size-1 dim's stride addresses nothing), so no copy normalizes it, and its
+    CPU convolution (oneDNN, float32 and bfloat16; torch 2.13) then reads it wrongly: 22 of 1500 random weights
+    with such strides gave wrong outputs, e.g. (6, 9, 3, 1, 1) strided (27, 1, 9, 1, 1) on a channels-last input.
+    Lowerings make them (a reshaped or sliced weight with a kernel of 1 or one channel per group); a fresh copy
+    in the same layout is read right. Transposed calls read them right (none of 1500).
+    """
+    if 1 not in weight.shape or weight.device.type != "cpu":
+        return False
+    for layout in (torch.contiguous_format, _LAST.get(weight.dim())):
+        if layout is not None and weight.is_contiguous(memory_format=layout):
+            return weight.stride() != _dense_strides(weight.shape, layout)
+    return False  # not dense: torch copies it into a dense layout itself
+
+
+def _dense_strides(shape: Sequence[int], layout: torch.memory_format) -> tuple[int, ...]:
+    """The strides of a dense tensor of ``shape`` in ``layout`` (channels last: channels fastest, then the
+    spatial dims from the last, then the batch)."""
+    fastest_first = range(len(shape) - 1, -1, -1)
+    if layout is not torch.contiguous_format:
+        fastest_first = (1, *range(len(shape) - 1, 1, -1), 0)
+    strides, step = [0] * len(shape), 1
+    for axis in fastest_first:
+        strides[axis], step = step, step * max(shape[axis], 1)
+    return tuple(strides)
 
 
 def native_lowered(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec) -> torch.Tensor:
