@@ -208,7 +208,7 @@ def native(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spe
         )
     if spec.padding_mode != "zeros":
         x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()
-    if _misread(weight):  # a copy in the layout torch reads it in (a dense one keeps its own)
+    if _misread(weight):
         weight = weight.clone(memory_format=torch.contiguous_format if weight.is_contiguous() else _LAST[weight.dim()])
     padding = spec.native_padding
     if padding is None:
@@ -232,11 +232,10 @@ def _misread(weight: torch.Tensor) -> bool:
     """
     if 1 not in weight.shape or weight.device.type != "cpu":
         return False
-    # dense in a layout (a weight may be in both: (32, 1, 3, 3) strided (9, 1, 3, 1) is channels-last's own strides)
-    layouts = (torch.contiguous_format, _LAST.get(weight.dim()))
-    dense = [f for f in layouts if f is not None and weight.is_contiguous(memory_format=f)]
-    # not dense: torch copies it into a dense layout itself
-    return bool(dense) and all(weight.stride() != _dense_strides(weight.shape, f) for f in dense)
+    for layout in (torch.contiguous_format, _LAST.get(weight.dim())):
+        if layout is not None and weight.is_contiguous(memory_format=layout):
+            return weight.stride() != _dense_strides(weight.shape, layout)
+    return False  # not dense: torch copies it into a dense layout itself
 
 
 def _dense_strides(shape: Sequence[int], layout: torch.memory_format) -> tuple[int, ...]:
