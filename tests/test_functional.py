@@ -100,30 +100,42 @@ def test_non_contiguous_operands(dims, device):
     np.testing.assert_allclose(got.cpu().numpy(), expected, rtol=1e-10, atol=1e-10)
 
 
-# (weight shape, its strides): dense, but a size-1 dim carries a stride its dense layout would not give it
+# (weight shape, its strides, input shape, arguments): a dense weight whose size-1 dim carries a stride its layout
+# would not give it (the last: channels-last's own strides, read as contiguous beside a contiguous input)
+GROUPED = {"stride": 2, "padding": 1, "dilation": 2, "groups": 2}
 ODD_WEIGHTS = [
-    ((6, 9, 3, 1, 1), (27, 1, 9, 1, 1)),
-    ((16, 4, 1, 2, 3), (24, 1, 1, 12, 4)),
-    ((14, 4, 3, 1), (12, 1, 4, 1)),
+    ((6, 9, 3, 1, 1), (27, 1, 9, 1, 1), (2, 18, 7, 7, 7), GROUPED),
+    ((16, 4, 1, 2, 3), (24, 1, 1, 12, 4), (2, 8, 7, 7, 7), GROUPED),
+    ((14, 4, 3, 1), (12, 1, 4, 1), (2, 8, 7, 7), GROUPED),
+    ((2, 1, 3, 2), (6, 1, 2, 1), (8, 1, 4, 3), {"stride": (1, 2)}),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize(("shape", "strides"), ODD_WEIGHTS, ids=str)
-def test_a_weight_with_odd_strides_on_size_one_dims_is_read_right(shape, strides, channels_last, dtype):
+@pytest.mark.parametrize(("shape", "strides", "x_shape", "kw"), ODD_WEIGHTS, ids=[str(c[:2]) for c in ODD_WEIGHTS])
+def test_a_weight_with_odd_strides_on_size_one_dims_is_read_right(shape, strides, x_shape, kw, channels_last, dtype):
     """torch 2.13's CPU convolution misreads such weights (lowerings make them: a kernel of 1, one channel per
-    group); convnd hands it a dense copy. groups 2, stride and dilation 2 where the kernel allows."""
+    group); convnd hands it a dense copy."""
     gen = torch.Generator().manual_seed(3)
     n = len(shape) - 2
     w = torch.randn(math.prod(shape), generator=gen).as_strided(shape, strides).to(dtype)
-    x = torch.randn((2, 2 * shape[1], *(7,) * n), generator=gen).to(dtype)
+    x = torch.randn(x_shape, generator=gen).to(dtype)
     if channels_last:
         x = x.contiguous(memory_format={2: torch.channels_last, 3: torch.channels_last_3d}[n])
-    kw = {"stride": 2, "padding": 1, "dilation": 2, "groups": 2}
     expected = TORCH_CONV[n](x.double(), w.double(), None, **kw)
     scale = expected.abs().max().item()
     torch.testing.assert_close(convnd.conv(x, w, **kw).double(), expected, rtol=0, atol=3e-2 * scale)
+
+
+def test_a_channels_last_depthwise_weight_stays_bit_identical_to_torch():
+    """(32, 1, 3, 3) strided (9, 1, 3, 1) also counts as contiguous: convnd hands it over as a contiguous copy (its
+    strides are not that layout's), which on a channels-last input changes neither a bit nor the output layout."""
+    x = torch.randn(2, 32, 9, 9).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(32, 1, 3, 3).clone(memory_format=torch.channels_last)
+    assert w.stride() == (9, 1, 3, 1) and w.is_contiguous()
+    expected, got = F.conv2d(x, w, padding=1, groups=32), convnd.conv(x, w, padding=1, groups=32)
+    assert torch.equal(got, expected) and got.stride() == expected.stride()
 
 
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 5e-2), (torch.float16, 5e-3)])
