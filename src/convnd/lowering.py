@@ -232,6 +232,8 @@ def _misread(weight: torch.Tensor) -> bool:
     """
     if 1 not in weight.shape or weight.device.type != "cpu":
         return False
+    # contiguous first: a weight dense in both layouts with channels-last's own strides, (2, 1, 3, 2) strided
+    # (6, 1, 2, 1), is misread beside a contiguous input too (a depthwise one's copy stays bit-identical: tested)
     for layout in (torch.contiguous_format, _LAST.get(weight.dim())):
         if layout is not None and weight.is_contiguous(memory_format=layout):
             return weight.stride() != _dense_strides(weight.shape, layout)
