@@ -30,7 +30,7 @@ from .checks import check_operands
 from .functional import channels_first
 from .layer_text import LayerText, from_module, parse_layer, parse_shape
 from .layout import DEFAULT_CHANNEL_DIM, Layout, resolve_layout
-from .lowering import execute, gather_window, plan, scatter_window, unread_dims
+from .lowering import execute, live_taps, plan, unread_dims
 from .selection import STRATEGIES, axis_order
 from .spec import ConvSpec, fan_in
 from .testing import NativeConvolutions
@@ -420,13 +420,9 @@ def _tapsum_recipe(spec: ConvSpec, rank: int, channels: tuple[int, int], shape: 
     outer, inner = spec.split(rank)
     sizes, batch = shape[-spec.dims : len(shape) - rank], math.prod(shape[: -spec.dims - 1])
     out_sizes = spec.output_size(shape[-spec.dims :])
-    step = scatter_window if spec.transposed else gather_window
     # a tap is skipped when it reads only padding in some outer dim, so the live taps are the product of
     # each dim's live taps: counted per dim, never enumerated (a huge kernel must not stall explain)
-    per_dim = [
-        [(t, w) for t in range(k) if (w := step(t, n, o, s, d, lo)) is not None]
-        for k, n, o, s, d, (lo, _) in zip(outer.kernel, sizes, out_sizes, outer.stride, outer.dilation, outer.padding)
-    ]
+    per_dim = [list(taps) for taps in live_taps(outer, sizes)]
     count = math.prod(len(options) for options in per_dim)
     shown = itertools.islice(itertools.product(*per_dim), _TAPS_SHOWN)
     live = [(tuple(t for t, _ in combo), [w for _, w in combo]) for combo in shown]

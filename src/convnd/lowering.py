@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -137,22 +137,31 @@ def execute(
 
 @trace_safe_cache(maxsize=1024)
 def unread_dims(spec: ConvSpec, size: tuple[int, ...]) -> tuple[int, ...]:
-    """The spatial dims along which no output of ``spec`` on a spatial input of ``size`` reads an input element.
-
-    Along such a dim every tap of every output reads zero padding only (a convolution), or every input element
-    lands only on the cropped margin (a transposed one); with one or more, the output is the bias alone. Other
-    padding modes pad with input elements, so they always read it. Cached: every lowered call asks (a window per
-    tap and dim: 6 us uncached on a 4-d kernel of 2, 0.4 cached).
-    """
+    """The spatial dims along which no output of ``spec`` on a spatial input of ``size`` reads an input element
+    (no tap of theirs is live, :func:`live_taps`): then the output is the bias alone. Other padding modes pad with
+    input elements, so they always read it. Cached: every lowered call asks (6 us uncached on a 4-d kernel of 2,
+    0.4 cached)."""
     if spec.padding_mode != "zeros":
         return ()
+    return tuple(axis for axis, taps in enumerate(live_taps(spec, size)) if next(taps, None) is None)
+
+
+def live_taps(spec: ConvSpec, size: Sequence[int]) -> tuple[Iterator[tuple[int, Window]], ...]:
+    """Per spatial dim, the kernel taps that touch an input element on a spatial input of ``size``, each with its
+    (input, output) slices (:func:`gather_window`; transposed, :func:`scatter_window`); a tap that reads only zero
+    padding (transposed: lands only on the cropped margin) is left out.
+
+    Lazily: a caller that only asks whether a dim has one computes no further window (under torch.compile every
+    window compares symbolic sizes, and each comparison is a guard that can make a new size recompile).
+    """
     step = scatter_window if spec.transposed else gather_window
     per_dim = zip(size, spec.output_size(size), spec.kernel, spec.stride, spec.dilation, spec.padding)
-    return tuple(
-        axis
-        for axis, (n, o, k, s, d, (lo, _)) in enumerate(per_dim)
-        if all(step(t, n, o, s, d, lo) is None for t in range(k))
-    )
+    return tuple(_live(step, n, o, k, s, d, lo) for n, o, k, s, d, (lo, _) in per_dim)
+
+
+def _live(step, n: int, o: int, k: int, s: int, d: int, lo: int) -> Iterator[tuple[int, Window]]:
+    """One dim's live taps (:func:`live_taps`): a function of its own, so each dim's generator keeps its values."""
+    return ((t, w) for t in range(k) if (w := step(t, n, o, s, d, lo)) is not None)
 
 
 def _bias_alone(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec) -> torch.Tensor:
@@ -208,8 +217,7 @@ def native(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spe
         )
     if spec.padding_mode != "zeros":
         x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()
-    if _misread(weight):
-        weight = weight.clone(memory_format=torch.contiguous_format if weight.is_contiguous() else _LAST[weight.dim()])
+    weight = _readable(weight)
     padding = spec.native_padding
     if padding is None:
         common = tuple(min(pair) for pair in spec.padding)
@@ -221,8 +229,8 @@ def native(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spe
 _LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
-def _misread(weight: torch.Tensor) -> bool:
-    """Whether a size-1 dim of a dense ``weight`` carries a stride its dense layout would not give it.
+def _readable(weight: torch.Tensor) -> torch.Tensor:
+    """``weight``, or a fresh copy in its layout where a size-1 dim of it carries a stride that layout would not give.
 
     torch counts such a weight as dense (a size-1 dim's stride addresses nothing), so no copy normalizes it, and its
     CPU convolution (oneDNN, float32 and bfloat16; torch 2.13) then reads it wrongly: 22 of 1500 random weights
@@ -231,13 +239,17 @@ def _misread(weight: torch.Tensor) -> bool:
     in the same layout is read right. Transposed calls read them right (none of 1500).
     """
     if 1 not in weight.shape or weight.device.type != "cpu":
-        return False
+        return weight
     # contiguous first: a weight dense in both layouts with channels-last's own strides, (2, 1, 3, 2) strided
     # (6, 1, 2, 1), is misread beside a contiguous input too (a depthwise one's copy stays bit-identical: tested)
     for layout in (torch.contiguous_format, _LAST.get(weight.dim())):
         if layout is not None and weight.is_contiguous(memory_format=layout):
-            return weight.stride() != _dense_strides(weight.shape, layout)
-    return False  # not dense: torch copies it into a dense layout itself
+            return (
+                weight
+                if weight.stride() == _dense_strides(weight.shape, layout)
+                else weight.clone(memory_format=layout)
+            )
+    return weight  # not dense: torch copies it into a dense layout itself
 
 
 def _dense_strides(shape: Sequence[int], layout: torch.memory_format) -> tuple[int, ...]:
