@@ -238,23 +238,26 @@ def _readable(weight: torch.Tensor) -> torch.Tensor:
     Lowerings make them (a reshaped or sliced weight with a kernel of 1 or one channel per group); a fresh copy
     in the same layout is read right. Transposed calls read them right (none of 1500).
     """
-    if 1 not in weight.shape or weight.device.type != "cpu":
-        return weight
+    if 1 not in weight.shape:
+        return weight  # the common case first: this runs on every native call
     # contiguous first: a weight dense in both layouts with channels-last's own strides, (2, 1, 3, 2) strided
     # (6, 1, 2, 1), is misread beside a contiguous input too (a depthwise one's copy stays bit-identical: tested)
-    for layout in (torch.contiguous_format, _LAST.get(weight.dim())):
-        if layout is not None and weight.is_contiguous(memory_format=layout):
-            return (
-                weight
-                if weight.stride() == _dense_strides(weight.shape, layout)
-                else weight.clone(memory_format=layout)
-            )
-    return weight  # not dense: torch copies it into a dense layout itself
+    if weight.is_contiguous():
+        layout = torch.contiguous_format
+    elif weight.dim() in _LAST and weight.is_contiguous(memory_format=_LAST[weight.dim()]):
+        layout = _LAST[weight.dim()]
+    else:
+        return weight  # not dense: torch copies it into a dense layout itself
+    if weight.stride() == _dense_strides(tuple(weight.shape), layout) or weight.device.type != "cpu":
+        return weight
+    return weight.clone(memory_format=layout)
 
 
-def _dense_strides(shape: Sequence[int], layout: torch.memory_format) -> tuple[int, ...]:
+@trace_safe_cache(maxsize=1024)
+def _dense_strides(shape: tuple[int, ...], layout: torch.memory_format) -> tuple[int, ...]:
     """The strides of a dense tensor of ``shape`` in ``layout`` (channels last: channels fastest, then the
-    spatial dims from the last, then the batch)."""
+    spatial dims from the last, then the batch). Cached: every native call with a size-1 weight dim asks, a
+    single-channel one among them (0.8 us uncached, 0.3 cached)."""
     fastest_first = range(len(shape) - 1, -1, -1)
     if layout is not torch.contiguous_format:
         fastest_first = (1, *range(len(shape) - 1, 1, -1), 0)
