@@ -397,6 +397,32 @@ def test_an_emulated_convolution_that_reads_no_input_has_torchs_gradients(transp
         torch.testing.assert_close(ours_grad, theirs_grad, rtol=1e-12, atol=0)
 
 
+EMPTY_BATCH = [
+    ({"stride": (2, 1, 1, 1), "padding": (1, 0, 1, 0)}, (4, 6, 4, 5), (6, 3, 2, 3, 3, 1)),
+    ({"transposed": True, "stride": (1, 1, 1, 2), "padding": (2, 0, 0, 0)}, (5, 4, 6, 3), (3, 2, 3, 2, 3, 1)),
+    ({"stride": 1, "padding": 1, "groups": 3}, (3, 4, 5, 6, 4), (6, 1, 3, 3, 3, 3, 3)),
+]
+
+
+@pytest.mark.parametrize("custom", [True, False], ids=["custom backward", "autograd through the lowering"])
+@pytest.mark.parametrize("name", [None, *STRATEGIES, "winograd"])
+@pytest.mark.parametrize(("kw", "size", "w_shape"), EMPTY_BATCH, ids=["forward", "transposed", "grouped 5-d"])
+def test_an_empty_batch_gives_torchs_empty_output_and_zero_gradients(name, custom, kw, size, w_shape):
+    """A batch of zero samples, as torch's native kernels take it: an empty output of the right shape and zero
+    weight and bias gradients. Lowerings reshaped the empty batch with a -1 (ambiguous: RuntimeError)."""
+    x = torch.randn((0, w_shape[0] if kw.get("transposed") else w_shape[1] * kw.get("groups", 1), *size))
+    w, b = torch.randn(w_shape), torch.randn(6 if not kw.get("transposed") else w_shape[1])
+    for t in (x, w, b):
+        t.requires_grad_()
+    with convnd.strategy(name, custom_backward=custom):
+        y = _run(x, w, b, kw)
+    spec = make_spec(tuple(w_shape[2:]), **kw)
+    assert y.shape == (0, b.shape[0], *spec.output_size(size))
+    y.sum().backward()
+    for t in (x, w, b):
+        assert torch.equal(t.grad, torch.zeros_like(t))
+
+
 @pytest.mark.parametrize("name", [*STRATEGIES, "winograd"])
 def test_pieces_whose_rows_read_only_padding_are_zeros(name):
     """Spatial pieces of output rows past the input's end (high padding on a lowered dim) read an empty run of

@@ -127,7 +127,9 @@ def execute(
         x = x.unsqueeze(0)
     if how.strategy == "lift":
         y = _lift(x, weight, bias, spec, how.native_rank)
-    elif unread_dims(spec, tuple(x.shape[2:])):
+    elif x.shape[0] == 0 or unread_dims(spec, tuple(x.shape[2:])):
+        # nothing to convolve (an empty batch, or every output reading only padding): the strategies' reshapes
+        # of an empty batch are ambiguous, and their graphs would miss x or the weight
         y = _bias_alone(x, weight, bias, spec)
     else:
         # contiguous like torch's own output (unfold's einsum can leave its result permuted: y.view would fail)
@@ -165,9 +167,10 @@ def _live(step, n: int, o: int, k: int, s: int, d: int, lo: int) -> Iterator[tup
 
 
 def _bias_alone(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec) -> torch.Tensor:
-    """The output of a batched convolution that reads no input element (:func:`unread_dims`): zeros plus the bias,
-    still a function of ``x`` and ``weight`` when a gradient is recorded, so that theirs are zeros as torch's native
-    kernels give (a lowering that skipped every tap would leave them out of the graph: None, or no graph at all)."""
+    """The output of a batched convolution that reads no input element (an empty batch, or :func:`unread_dims`):
+    zeros plus the bias, still a function of ``x`` and ``weight`` when a gradient is recorded, so that theirs are
+    zeros as torch's native kernels give (a lowering that skipped every tap would leave them out of the graph: None,
+    or no graph at all)."""
     out_channels = weight.shape[1] * spec.groups if spec.transposed else weight.shape[0]
     y = x.new_zeros((x.shape[0], out_channels, *spec.output_size(x.shape[2:])))
     if wants_grad(x, weight):
