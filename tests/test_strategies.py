@@ -423,6 +423,34 @@ def test_an_empty_batch_gives_torchs_empty_output_and_zero_gradients(name, custo
         assert torch.equal(t.grad, torch.zeros_like(t))
 
 
+def _expanded_batch(gen):
+    return torch.randn((1, 2, 5, 3, 4, 4), generator=gen, dtype=torch.float64).expand(3, -1, -1, -1, -1, -1)
+
+
+def _overlapping_windows(gen):
+    """(B, C, windows, *spatial): overlapping windows of a longer signal, as Tensor.unfold makes them."""
+    signal = torch.randn((2, 2, 9, 3, 4), generator=gen, dtype=torch.float64)
+    return signal.unfold(2, 4, 1).movedim(-1, 3)  # window w, position p at signal frame w + p
+
+
+@pytest.mark.parametrize("custom", [None, True, False], ids=["planner's backward", "custom", "through the lowering"])
+@pytest.mark.parametrize("name", [None, *STRATEGIES, "winograd"])
+@pytest.mark.parametrize("make", [_expanded_batch, _overlapping_windows], ids=["expanded batch", "overlapping windows"])
+def test_an_input_whose_elements_share_memory_gets_each_elements_own_gradient(name, custom, make):
+    """An expanded batch or overlapping windows: the gradient of the contiguous copy of the same values. unfold's
+    windows are an as_strided view, whose backward had given elements sharing memory their mean gradient."""
+    gen = torch.Generator().manual_seed(6)
+    shared = make(gen)
+    w = torch.randn((3, 2, 2, 3, 1, 2), generator=gen, dtype=torch.float64)
+    g, grads = None, []
+    for x in (shared.detach().requires_grad_(), shared.contiguous().requires_grad_()):
+        with convnd.strategy(name, custom_backward=custom):
+            y = convnd.conv(x, w)  # unpadded: a padded input would be a fresh copy
+        g = torch.randn(y.shape, generator=gen, dtype=y.dtype) if g is None else g
+        grads.append(torch.autograd.grad(y, x, g)[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", [*STRATEGIES, "winograd"])
 def test_pieces_whose_rows_read_only_padding_are_zeros(name):
     """Spatial pieces of output rows past the input's end (high padding on a lowered dim) read an empty run of
