@@ -111,18 +111,42 @@ def test_torch_runs_the_same_layer_bit_identically():
 
 
 @pytest.mark.parametrize(
-    ("spec", "shape", "said"),
+    ("spec", "shape", "said", "error"),
     [
-        ("ConvNd(1, 1, (3, 3, 3, 3))", (1, 1, 4, 4, 4, 4), "torch.nn has Conv1d, Conv2d and Conv3d only"),
-        ("Conv2d(1, 1, 3, padding=((1, 2), (0, 0)))", (1, 1, 5, 5), "(low, high) padding pairs are convnd's"),
-        ("Conv2d(1, 1, (3,))", (1, 1, 5), "Conv2d takes its rank from its name"),
-        ("Conv2d(3, 1, 3, channel_dim=-1)", (1, 5, 5, 3), "channel_dim: convnd's own"),
+        ("ConvNd(1, 1, (3, 3, 3, 3))", (1, 1, 4, 4, 4, 4), "torch.nn has Conv1d, Conv2d and Conv3d only", None),
+        (
+            "Conv2d(1, 1, 3, padding=((1, 2), (0, 0)))", (1, 1, 5, 5), "(low, high) padding pairs are convnd's",
+            "TypeError: conv2d() received an invalid combination of arguments",
+        ),
+        (
+            "Conv2d(1, 1, (3,))", (1, 1, 5), "Conv2d takes its rank from its name",
+            "RuntimeError: expected stride to be a single integer value or a list of 1 values",
+        ),
+        (
+            "Conv2d(3, 1, 3, channel_dim=-1)", (1, 5, 5, 3), "channel_dim: convnd's own",
+            "TypeError: Conv2d.__init__() got an unexpected keyword argument 'channel_dim'",
+        ),
+        # torch's meta device runs these (it skips the weight's rank against the input's); its CPU kernel does not,
+        # on a small input and on one too big to run here
+        (
+            "ConvTranspose1d(3, 1, (2, 2))", (3, 4, 1), "ConvTranspose1d takes its rank from its name",
+            "RuntimeError: Expected 4-dimensional input for 4-dimensional weight [3, 1, 2, 2]",
+        ),
+        (
+            "ConvTranspose1d(3, 1, (2, 2))", (3, 400, 20000), "ConvTranspose1d takes its rank from its name",
+            "RuntimeError: Expected 4-dimensional input for 4-dimensional weight [3, 1, 2, 2]",
+        ),
+        (
+            "ConvTranspose2d(2, 1, (1, 3, 1))", (2, 64, 128, 600), "ConvTranspose2d takes its rank from its name",
+            "RuntimeError: expected stride to be a single integer value or a list of 3 values",
+        ),
     ],
-)
-def test_torch_refusals_are_explained(spec, shape, said):
+)  # fmt: skip
+def test_torch_refusals_are_explained(spec, shape, said, error):
     verdict = convnd.explain(spec, shape).torch_nn
     assert not verdict.ran
     assert said in verdict.reason
+    assert verdict.error == error if error is None else verdict.error.startswith(error)
 
 
 def test_tapsum_recipe_counts_the_native_calls_lowering_makes(monkeypatch):
