@@ -167,6 +167,19 @@ def test_every_strategy_in_pieces_compiles_to_one_bit_identical_graph(name: str,
         assert torch.equal(g, e), f"{name}: {what} differs"
 
 
+@pytest.mark.parametrize("name", [None, *convnd.selection.STRATEGIES])
+def test_every_strategy_compiles_with_dynamic_sizes_and_gradients(name: str | None, device) -> None:
+    # dynamic=True makes sizes and strides symbolic: a Python decision on a stride (sorting them) breaks the graph
+    torch.manual_seed(0)
+    module = Functional(convnd.conv, (4, 3, 2, 2, 3, 2), stride=(1, 2, 1, 1)).to(device)
+    x = torch.randn((2, 3, 5, 4, 5, 6), device=device)
+    with convnd.strategy(name):
+        expected = _forward_backward(module, x)
+        got = _forward_backward(torch.compile(module, fullgraph=True, backend="eager", dynamic=True), x)
+    for what, g, e in zip(["output", "input grad", "weight grad", "bias grad"], got, expected):
+        assert torch.equal(g, e), f"{name}: {what} differs"
+
+
 @pytest.mark.parametrize("name", ["fold", "spread"])
 def test_phase_backward_and_strided_spread_compile_to_one_bit_identical_graph(name: str, device) -> None:
     # 16 input channels: the gradients come from strategies.phase_backward; spread's forward runs per phase (stride 2)

@@ -628,9 +628,11 @@ def unfold(
     if spec.transposed:
         return _unfold_transposed(x, weight, bias, spec, pieces, rank)
     x = pad_nd(x, spec.padding, spec.padding_mode)
-    if lowering.wants_grad(x) and _may_overlap(x):
+    if lowering.wants_grad(x):
         # as_strided's backward spreads a gradient over the storage: an input whose elements share memory (an
-        # expanded batch, overlapping windows) would get each shared element's mean gradient, not its own
+        # expanded batch, overlapping windows) would get each shared element's mean gradient, not its own. A
+        # contiguous x is itself; the copy of another is small beside the windows' GEMM (and sorting its strides to
+        # find overlap would break torch.compile's graph on symbolic strides)
         x = x.contiguous()
     n, groups = spec.dims, spec.groups
     batch, channels = x.shape[:2]
@@ -652,17 +654,6 @@ def unfold(
     return lowering.add_bias(
         torch.einsum(f"bgc{o}{k},gxc{k}->bgx{o}", view, w).reshape((batch, weight.shape[0], *out)), bias
     )
-
-
-def _may_overlap(t: torch.Tensor) -> bool:
-    """Whether two elements of ``t`` may share memory: False where its dims of more than one element, in order of
-    stride, each step past the whole extent of the one before (torch's own non-overlap test, less density)."""
-    extent = 1
-    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz > 1):
-        if stride < extent:
-            return True
-        extent = stride * size
-    return False
 
 
 def _unfold_transposed(
