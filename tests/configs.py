@@ -1,4 +1,5 @@
-"""Hypothesis strategies for random convolution configurations, shared by the test modules.
+"""Hypothesis strategies for random convolution configurations, and operands with their float64 oracle, shared by
+the test modules.
 
 A config is every argument of ``convnd.conv`` plus the shapes of its operands, drawn so that
 the convolution is valid (sizes fit the dilated kernel and each padding mode's limits); a
@@ -11,9 +12,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from hypothesis import strategies as st
 
+from convnd import reference
 from convnd.spec import make_spec
 
 MODES = ("zeros", "reflect", "replicate", "circular")
@@ -175,3 +178,25 @@ def transposed_cases(
 def batched(x: torch.Tensor, case: TransposedCase) -> torch.Tensor:
     """The input as the reference takes it: with a batch dim."""
     return x if case.batch is not None else x.unsqueeze(0)
+
+
+def seeded(
+    x_shape: tuple[int, ...], w_shape: tuple[int, ...], dtype: torch.dtype = torch.float64, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An input, a weight and a bias (``w_shape[0]`` channels) of these shapes from one seeded generator."""
+    gen = torch.Generator().manual_seed(seed)
+    x, w = torch.randn(x_shape, generator=gen, dtype=dtype), torch.randn(w_shape, generator=gen, dtype=dtype)
+    return x, w, torch.randn(w_shape[0], generator=gen, dtype=dtype)
+
+
+def spec_of(w_shape: tuple[int, ...], kw: dict[str, Any]):
+    """The spec of ``convnd.conv(x, w, **kw)`` for a weight of ``w_shape`` (stride, padding, dilation, groups,
+    padding_mode)."""
+    return make_spec(tuple(w_shape[2:]), kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
+                     kw.get("groups", 1), kw.get("padding_mode", "zeros"))  # fmt: skip
+
+
+def oracle(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, kw: dict[str, Any]) -> np.ndarray:
+    """``convnd.reference.conv`` with ``convnd.conv(x, w, b, **kw)``'s arguments."""
+    spec = spec_of(tuple(w.shape), kw)
+    return reference.conv(x, w, b, spec.stride, spec.padding, spec.dilation, spec.groups, spec.padding_mode)

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from torch.autograd import gradcheck
 
 import convnd
-from convnd import lowering, reference, selection, winograd
+from configs import oracle, seeded
+from convnd import lowering, selection, winograd
 from convnd.spec import make_spec
 
 FIRST_LOWERED = (1, 2, 3)  # native dims: the first dim is the one F(2, 3) runs along
@@ -35,27 +36,15 @@ CASES = [
 ]  # fmt: skip
 
 
-def _operands(x_shape, w_shape, dtype=torch.float64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x, w = torch.randn(x_shape, generator=gen, dtype=dtype), torch.randn(w_shape, generator=gen, dtype=dtype)
-    return x, w, torch.randn(w_shape[0], generator=gen, dtype=dtype)
-
-
-def _oracle(x, w, b, kw):
-    spec = make_spec(tuple(w.shape[2:]), kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
-                     kw.get("groups", 1), kw.get("padding_mode", "zeros"))  # fmt: skip
-    return reference.conv(x, w, b, spec.stride, spec.padding, spec.dilation, spec.groups, spec.padding_mode)
-
-
 @pytest.mark.parametrize(("case", "x_shape", "w_shape", "kw", "max_memory"), CASES, ids=[c[0] for c in CASES])
 def test_winograd_is_exact_in_float64(case, x_shape, w_shape, kw, max_memory, monkeypatch):
     calls = []
     native = lowering.native
     monkeypatch.setattr(lowering, "native", lambda *a: calls.append(a[0].shape[0]) or native(*a))
-    x, w, b = _operands(x_shape, w_shape)
+    x, w, b = seeded(x_shape, w_shape)
     with convnd.strategy("winograd", native_axes=FIRST_LOWERED, max_memory=max_memory):
         y = convnd.conv(x, w, b, **kw)
-    np.testing.assert_allclose(y.numpy(), _oracle(x, w, b, kw), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(y.numpy(), oracle(x, w, b, kw), rtol=0, atol=1e-10)
     spec = make_spec(tuple(w.shape[2:]), kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1))
     out = spec.output_size(x.shape[2:])[0]
     m = winograd.tile(out)
@@ -92,8 +81,8 @@ def test_the_transforms_compute_the_correlation_exactly(m):
 def test_winograd_in_float32_stays_within_a_few_times_direct_summations_error(frames, m):
     # each output is another sum of the same products: its rounding error is of the order of fold's
     assert winograd.tile(frames) == m
-    x, w, b = _operands((2, 16, frames, 8, 8, 8), (16, 16, 3, 3, 3, 3), torch.float32, seed=1)
-    exact = _oracle(x.double(), w.double(), b.double(), {"padding": 1})
+    x, w, b = seeded((2, 16, frames, 8, 8, 8), (16, 16, 3, 3, 3, 3), torch.float32, seed=1)
+    exact = oracle(x.double(), w.double(), b.double(), {"padding": 1})
     errors = {}
     for name in ("winograd", "fold"):
         with convnd.strategy(name, native_axes=FIRST_LOWERED):
@@ -116,7 +105,7 @@ def test_winograd_runs_fold_where_f23_does_not_apply(case, kw, w_shape):
     kw = dict(kw)
     transposed = kw.pop("transposed", False)
     call = convnd.conv_transpose if transposed else convnd.conv
-    x, w, b = _operands((1, 3, *(6,) * (len(w_shape) - 2)), w_shape)
+    x, w, b = seeded((1, 3, *(6,) * (len(w_shape) - 2)), w_shape)
     b = torch.randn(w.shape[1], dtype=torch.float64) if transposed else b
     axes = FIRST_LOWERED if len(w_shape) == 6 else (2, 3, 4)
     spec = make_spec(tuple(w.shape[2:]), kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
@@ -132,7 +121,7 @@ def test_winograd_runs_fold_where_f23_does_not_apply(case, kw, w_shape):
 
 @pytest.mark.parametrize("custom", [True, False], ids=["custom backward", "autograd through"])
 def test_winograd_gradients_pass_gradcheck(custom):
-    x, w, b = (t.requires_grad_() for t in _operands((1, 3, 5, 2, 3, 2), (2, 3, 3, 2, 2, 2)))
+    x, w, b = (t.requires_grad_() for t in seeded((1, 3, 5, 2, 3, 2), (2, 3, 3, 2, 2, 2)))
 
     def f(x, w, b):
         with convnd.strategy("winograd", native_axes=FIRST_LOWERED, custom_backward=custom):
@@ -166,12 +155,12 @@ def test_explain_names_winograd():
 def test_non_finite_inputs_are_never_lost(frames):
     # like band, fft and cuDNN's Winograd kernels, the transforms mix a non-finite input into neighbouring sums
     # (inf - inf): an output the definition makes NaN or inf stays non-finite, and every finite one agrees
-    x, w, b = _operands((1, 2, frames, 4, 4, 4), (3, 2, 3, 3, 3, 3))
+    x, w, b = seeded((1, 2, frames, 4, 4, 4), (3, 2, 3, 3, 3, 3))
     n = x.numel()
     x.view(-1)[5], x.view(-1)[n // 2], x.view(-1)[n - 9] = float("nan"), float("inf"), -float("inf")
     with convnd.strategy("winograd", native_axes=FIRST_LOWERED):
         got = convnd.conv(x, w, b, padding=1).numpy()
-    expected = _oracle(x, w, b, {"padding": 1})
+    expected = oracle(x, w, b, {"padding": 1})
     assert np.isnan(expected).any() and np.isinf(expected).any()
     assert not np.isfinite(got[~np.isfinite(expected)]).any()
     finite = np.isfinite(expected) & np.isfinite(got)
@@ -182,7 +171,7 @@ def test_non_finite_inputs_are_never_lost(frames):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_runs_fold(dtype, monkeypatch):
     # the transforms would round their sums to the half dtype; a native convolution accumulates in float32
-    x, w, b = (t.to(dtype) for t in _operands((1, 3, 6, 3, 4, 3), (4, 3, 3, 2, 3, 2)))
+    x, w, b = (t.to(dtype) for t in seeded((1, 3, 6, 3, 4, 3), (4, 3, 3, 2, 3, 2)))
     monkeypatch.setattr(winograd, "_transformed", lambda *a: pytest.fail("F(m, 3) ran in half precision"))
     results = {}
     for name in ("winograd", "fold"):
@@ -203,9 +192,9 @@ def test_winograd_matches_the_reference_on_random_configs(data):
         "stride": (1, *(data.draw(st.integers(1, 2)) for _ in range(3))),
         "groups": groups,
     }
-    x, w, b = _operands((data.draw(st.integers(1, 2)), 2 * groups, frames, 3, 4, 3), (2 * groups, 2, *kernel),
+    x, w, b = seeded((data.draw(st.integers(1, 2)), 2 * groups, frames, 3, 4, 3), (2 * groups, 2, *kernel),
                         seed=data.draw(st.integers(0, 99)))  # fmt: skip
     budget = data.draw(st.sampled_from([None, 1, 3000]))
     with convnd.strategy("winograd", native_axes=FIRST_LOWERED, max_memory=budget):
         y = convnd.conv(x, w, b, **kw)
-    np.testing.assert_allclose(y.numpy(), _oracle(x, w, b, kw), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(y.numpy(), oracle(x, w, b, kw), rtol=0, atol=1e-10)
