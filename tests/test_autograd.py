@@ -43,7 +43,7 @@ def _fn(transposed, kw, name, custom=True):
     return f
 
 
-@pytest.mark.parametrize("name", ["tapsum", "fold", "spread"])
+@pytest.mark.parametrize("name", ["tapsum", "fold", "spread", "dft"])
 @pytest.mark.parametrize(("case", "transposed", "kw", "size", "kernel"), CASES, ids=[c[0] for c in CASES])
 def test_custom_backward_passes_gradcheck(name, case, transposed, kw, size, kernel):
     inputs = _operands(transposed, kw, size, kernel)

@@ -174,11 +174,13 @@ def test_peak_extra_memory_of_a_forward_stays_within_the_target(w):
     assert measured["extra_bytes"] <= 1.5 * measured["input_plus_output_bytes"], measured
 
 
-def test_forced_winograd_and_foldspread_get_a_column_only_where_they_run_as_themselves():
-    # elsewhere a forced winograd or foldspread runs fold: its column would time fold twice under another name
+def test_forced_winograd_dft_and_foldspread_get_a_column_only_where_they_run_as_themselves():
+    # elsewhere a forced winograd, dft or foldspread runs fold: its column would time fold twice under another name
     assert bench._applies("winograd", bench.find("4d")) and bench._applies("winograd", bench.find("4d-wide"))
     assert not bench._applies("winograd", bench.find("4d-strided"))  # stride 2 along the lowered dim
     assert not bench._applies("winograd", bench.find("5d"))  # two lowered dims
-    assert all(bench._applies(name, bench.find("5d")) for name in bench.STRATEGIES if name != "winograd")
+    assert not bench._applies("dft", bench.find("5d")) and not bench._applies("dft", bench.find("4d-strided"))
+    assert bench._applies("dft", bench.find("4d-large-kernel"))
+    assert all(bench._applies(name, bench.find("5d")) for name in bench.STRATEGIES if name not in ("winograd", "dft"))
     four_d = [w for w in bench.WORKLOADS if w.dims == 4]
     assert four_d and not any(bench._applies("foldspread", w) for w in four_d)  # one lowered dim each

@@ -61,7 +61,7 @@ def test_exported_program_takes_a_dynamic_batch(net: Net, device) -> None:
         assert torch.equal(got[1], model.side(z)), size
 
 
-@pytest.mark.parametrize("strategy", ["tapsum", "fold", "unfold", "spread"])
+@pytest.mark.parametrize("strategy", ["tapsum", "fold", "unfold", "spread", "dft"])
 def test_onnx_graph_has_only_native_rank_convolutions_and_runs_in_onnxruntime(net: Net, strategy: str) -> None:
     """Each strategy that runs native convolutions exports them at rank <= 3; ``unfold`` (the cost model's
     choice for these small layers) exports GEMMs only, the transposed layer whose kernel tiles its stride

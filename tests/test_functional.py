@@ -192,7 +192,7 @@ def test_nan_and_inf_propagate_as_torch(dims, mode, device):
 
 
 # strategies that sum exactly the definition's terms, and those that also multiply zeros by the input
-EXACT_SUMS, MIXING = ("tapsum", "fold", "unfold", "spread"), ("band", "fft", "winograd")
+EXACT_SUMS, MIXING = ("tapsum", "fold", "unfold", "spread"), ("band", "fft", "winograd", "dft")
 
 
 @pytest.mark.parametrize("name", [*EXACT_SUMS, *MIXING, None])

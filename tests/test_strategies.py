@@ -18,7 +18,7 @@ from convnd import lowering, reference, selection, strategies, transposes
 from convnd.spec import make_spec
 from convnd.testing import NativeConvolutions
 
-STRATEGIES = ("tapsum", "fold", "unfold", "fft", "band", "spread", "foldspread")
+STRATEGIES = ("tapsum", "fold", "unfold", "fft", "band", "spread", "foldspread", "dft")
 
 KERNEL = (3, 2, 3, 2, 3)
 SIZE = (5, 4, 6, 5, 4)
@@ -571,7 +571,7 @@ BENCH_CHOICES = {
     "4d-wide": "winograd",
     "4d-strided": "spread",
     "4d-depthwise": "tapsum",
-    "4d-large-kernel": "spread",
+    "4d-large-kernel": "dft",
     "5d": "foldspread",
     "4d-transposed": "unfold",
 }
@@ -871,7 +871,7 @@ def test_the_planner_unpatches_where_kernels_tile_their_strides():
         (
             {"name": "toeplitz"},
             "strategy must be one of 'tapsum', 'fold', 'unfold', 'fft', 'band', 'spread', 'winograd', 'foldspread', "
-            "'measure', got 'toeplitz'",
+            "'dft', 'measure', got 'toeplitz'",
         ),
         ({"max_memory": 0}, "max_memory must be a positive int (bytes), got 0"),
         ({"max_memory": 1.5}, "max_memory must be a positive int (bytes), got 1.5"),

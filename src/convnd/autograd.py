@@ -11,7 +11,7 @@ and computes, through the same planner:
   outer kernel tap, one native r-d weight-gradient kernel
   (``aten.convolution_backward``) over the folded slices that tap pairs up;
 - the bias gradient as a sum;
-- for a ``fold``, ``spread``, ``foldspread`` or ``winograd`` plan, both gradients at once instead (they do not
+- for a ``fold``, ``spread``, ``foldspread``, ``winograd`` or ``dft`` plan, both gradients at once instead (they do not
   depend on how the forward summed): per phase of the input frames, one native backward call
   against the output gradient gathered into the channels (:func:`convnd.strategies.phase_backward`,
   from 16 input channels), or per piece one on the rebuilt folded input, then col2im
@@ -87,9 +87,9 @@ class LoweredConv(torch.autograd.Function):
 
 
 # forward plans whose gradients come from fold's or the phase backward (same dims, same products; fold's measured
-# 1.5-2.5x faster than the lowered adjoint or autograd through spread; winograd's forward sums differently, its
-# gradients are the convolution's all the same)
-FOLD_BACKWARD = ("fold", "spread", "winograd", "foldspread")
+# 1.5-2.5x faster than the lowered adjoint or autograd through spread; winograd's and dft's forwards sum
+# differently, their gradients are the convolution's all the same)
+FOLD_BACKWARD = ("fold", "spread", "winograd", "foldspread", "dft")
 
 
 def fold_grads(

@@ -322,8 +322,8 @@ def bench_workload(
 
 
 def _applies(name: str, w: Workload) -> bool:
-    """Whether a forced strategy runs as itself on ``w`` (a forced ``winograd`` or ``foldspread`` runs ``fold`` where
-    it cannot: its column would time fold twice)."""
+    """Whether a forced strategy runs as itself on ``w`` (a forced ``winograd``, ``dft`` or ``foldspread`` runs
+    ``fold`` where it cannot: its column would time fold twice)."""
     x, weight = w.operands()
     how = plan(w.spec, input_shape=x.shape, weight_shape=weight.shape)
     return selection.runs_as_itself(name, w.spec, how, tuple(x.shape), tuple(weight.shape))

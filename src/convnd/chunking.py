@@ -5,10 +5,11 @@ A lowering strategy's temporary buffers scale with the part of the output it com
 estimate exceeds the plan's budget, ``fold`` splits its folded batch into runs of output
 rows of the first lowered dim (:func:`convnd.strategies.fold`: no halos, one native call
 each), ``foldspread`` runs of output rows the same way, ``spread`` runs of input frames
-(:func:`convnd.strategies.spread`), ``winograd`` runs of tiles and un-patching ``unfold`` runs of input rows; the other
-strategies split the batch, then the first lowered spatial dim, each piece running as its own
-convolution over the input rows it reads, with that piece's share of the padding (transposed:
-each piece of input rows adds its full output where it lands, since the pieces overlap).
+(:func:`convnd.strategies.spread`), ``winograd`` runs of tiles, ``dft`` runs of frequencies and
+un-patching ``unfold`` runs of input rows; the other strategies split the batch, then the
+first lowered spatial dim, each piece running as its own convolution over the input rows it
+reads, with that piece's share of the padding (transposed: each piece of input rows adds its
+full output where it lands, since the pieces overlap).
 Every piece is written straight into the output, so the peak is one piece's buffers plus the output.
 """
 
@@ -71,11 +72,12 @@ def run_within(
     if how.strategy == "fold" and not spec.transposed:  # fold splits its own folded batch, without halos
         return lowering.lowered(x, weight, bias, spec, how, fold_pieces(x, weight, spec, how))
     shapes = (tuple(x.shape), tuple(weight.shape))
-    if how.strategy in ("winograd", "foldspread") and not selection.runs_as_itself(
+    if how.strategy in ("winograd", "foldspread", "dft") and not selection.runs_as_itself(
         how.strategy, spec, how, *shapes, x.dtype
     ):
         return run_within(x, weight, bias, spec, replace(how, strategy="fold"))  # what a forced one runs there
-    # winograd runs of tiles (each reading its own input frames), foldspread runs of output rows (as fold's),
+    # winograd runs of tiles (each reading its own input frames), dft runs of frequency groups (each transforming
+    # the whole input for its own), foldspread runs of output rows (as fold's),
     # un-patching runs of input rows (no overlap): each strategy splits its own work
     runs = _RUNS.get("unpatch" if how.strategy == "unfold" and selection.unpatches(spec) else how.strategy)
     if runs is not None:
@@ -107,7 +109,12 @@ def run_within(
 # the strategies that split their own work into runs, and how many runs the budget needs ("unpatch": un-patching
 # ``unfold``); fold and spread are handled apart (a symbolic size, a byte limit)
 # (selection's functions by name: the two modules import each other)
-_RUNS = {"winograd": "winograd_pieces", "foldspread": "foldspread_pieces", "unpatch": "unpatch_pieces"}
+_RUNS = {
+    "winograd": "winograd_pieces",
+    "foldspread": "foldspread_pieces",
+    "dft": "dft_pieces",
+    "unpatch": "unpatch_pieces",
+}
 
 
 def fold_pieces(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, how: lowering.Plan) -> int:

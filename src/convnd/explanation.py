@@ -394,6 +394,9 @@ _STRATEGY_WORDS = {
     "winograd": "Winograd's minimal filtering F(m, 3) along dim {dims}: the output frames in tiles of m (2, 3 "
     "or 4), each from m + 2 sums of input frames, one call per transformed kernel tap (m + 2 products per tile "
     "instead of 3m)",
+    "dft": "a DFT along dim {dims}: the spectra of the input frames and of the {taps} taps, each frequency's "
+    "product one group of a grouped call (a complex product as a real 2 x 2 block of channels; all frequencies in "
+    "one call, or in runs within the memory budget), then the inverse DFT (exact up to rounding)",
     "band": "dims {dims} merged into the channels, with a banded (Toeplitz) weight joining each position to the "
     "positions its {taps} taps reach",
     "unfold": "one batched GEMM of the input's sliding windows with the weight, over all {n} dims (im2col + GEMM; "

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 # the strategy modules call back into this one (native, the gather/scatter steps) at run time
-from . import autograd, selection, strategies, transposes, winograd
+from . import autograd, dft, selection, strategies, transposes, winograd
 from .caching import trace_safe_cache
 from .errors import fail
 from .padding import pad_nd, torch_pad_order
@@ -469,6 +469,7 @@ LOWERINGS = {
     "spread": strategies.spread,
     "winograd": winograd.winograd,
     "foldspread": strategies.foldspread,
+    "dft": dft.dft,
 }
 
 

@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 
-from . import chunking, lowering, strategies, winograd
+from . import chunking, dft, lowering, strategies, winograd
 from .caching import trace_safe_cache
 from .errors import fail
 from .spec import ConvSpec
 
-STRATEGIES = ("tapsum", "fold", "unfold", "fft", "band", "spread", "winograd", "foldspread")
+STRATEGIES = ("tapsum", "fold", "unfold", "fft", "band", "spread", "winograd", "foldspread", "dft")
 _FORCED: list[dict[str, Any]] = []
 _MEASURED: dict[tuple[Any, ...], str] = {}
 
@@ -45,8 +45,8 @@ def strategy(
     """Force how convolutions past the native rank run inside a ``with`` block.
 
     Args:
-        name: ``tapsum``, ``fold``, ``unfold``, ``fft``, ``band``, ``spread``, ``winograd``, ``foldspread``, or
-            ``measure`` (time each once and cache the fastest); None keeps the cost model's choice.
+        name: ``tapsum``, ``fold``, ``unfold``, ``fft``, ``band``, ``spread``, ``winograd``, ``foldspread``,
+            ``dft``, or ``measure`` (time each once and cache the fastest); None keeps the cost model's choice.
         native_axes: the spatial dims the native kernels run over (as many as the native rank).
         max_memory: a byte budget for temporary buffers; outputs are computed in pieces within it.
         custom_backward: True: gradients through :mod:`convnd.autograd`; False: autograd through the
@@ -198,7 +198,13 @@ def custom_backward_pays(spec: ConvSpec, rank: int, name: str = "tapsum", macs: 
     return max(spec.kernel[: spec.dims - rank], default=0) > 3
 
 
-FOLD_BACKWARD_MIN_MACS = {"fold": 20_000_000, "spread": 2_000_000, "winograd": 20_000_000, "foldspread": 20_000_000}
+FOLD_BACKWARD_MIN_MACS = {
+    "fold": 20_000_000,
+    "spread": 2_000_000,
+    "winograd": 20_000_000,
+    "foldspread": 20_000_000,
+    "dft": 2_000_000,
+}
 
 
 def phase_backward_pays(x_shape: Sequence[int], w_shape: Sequence[int], out_numel: int) -> bool:
@@ -340,6 +346,15 @@ def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_sh
         # winograd: one transformed frame set (a frame per tile of m output frames) and its products
         "winograd_in": batch * channels * math.ceil(out[0] / winograd.tile(out[0])) * math.prod(spatial[n_outer:]),
         "winograd_out": batch * out_channels * math.ceil(out[0] / winograd.tile(out[0])) * math.prod(out[n_outer:]),
+        # dft: the spectrum of the first outer dim (L / 2 groups of two halves: L frames) and its products
+        "dft_in": batch * channels * _dft_length(spatial[0], spec.padding[0]) * math.prod(spatial[n_outer:]),
+        "dft_out": batch * out_channels * _dft_length(spatial[0], spec.padding[0]) * math.prod(out[n_outer:]),
+        # and the kernel's spectra: per frequency group a 2 x 2 block of (C_out, C/G, *inner kernel) weights
+        "dft_weight": 2
+        * _dft_length(spatial[0], spec.padding[0])
+        * out_channels
+        * per_group_in
+        * math.prod(spec.kernel[n_outer:]),
         # spread's native output: every outer tap's slab of every input frame (output-sized otherwise); a forward
         # one over strided outer dims computes per phase only the taps that read it (strategies._spread_phases)
         "slabs": batch
@@ -367,6 +382,11 @@ def _geometry(spec: ConvSpec, how: lowering.Plan, x_shape: tuple[int, ...], w_sh
         # what unfold and fft compute: a transposed convolution as the forward one over zero-spaced input
         "dense_macs": batch * out_channels * per_group_in * math.prod(spec.kernel) * math.prod(out),
     }
+
+
+def _dft_length(size: int, padding: tuple[int, int]) -> int:
+    """:func:`convnd.dft.length` of the first outer dim (after a padding mode's explicit padding, the same)."""
+    return dft.length(size, *padding)
 
 
 def _phase_products(size: int, kernel: int, stride: int, dilation: int, low: int) -> int:
@@ -417,6 +437,12 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
     if name == "winograd":
         # one transformed frame set and its products at a time, and oneDNN's copies of both
         return 2 * g["winograd_in"] + 3 * g["winograd_out"]
+    if name == "dft":
+        # the spectrum and its channel-grouped copy, the products, oneDNN's copy of them and their permuted copy for
+        # the inverse transform, the kernel's spectra and their reshaped copy; a run's share of the output (added
+        # into the first run's). The bench's large-kernel workload in its 5 runs: 1.10-1.15x input + output
+        # measured, about a third of this; whole 2.9x, half of this (fresh-process peaks, README)
+        return 2 * g["dft_in"] + 3 * g["dft_out"] + 2 * g["dft_weight"] + g["out"]
     if name == "band":
         # the banded weight, oneDNN's reordered copy of it, and the native call's copies of its merged input and output
         return 2 * g["band_weight"] + native
@@ -501,6 +527,16 @@ def cost(
         terms_in, terms_out = winograd.terms(g["first_out"])  # each a pass over one transformed frame set
         passes = 1.5 * terms_in * g["winograd_in"] + 5 / 3 * terms_out * g["winograd_out"]
         return native / rate + traffic + passes * _SECONDS_PER_ELEMENT + window * _CALL
+    if name == "dft":  # one grouped native call over L / 2 frequency groups, each a complex product as a real block
+        if not dft.applies(g["spec"], how.native_rank):
+            return math.inf
+        per_in, per_out = 2 * g["per_group_in"], 2 * g["per_group_out"]
+        rate = _rate(per_in * g["inner_taps"], per_out, per_in)
+        native = 2 * g["dft_out"] * per_in * g["inner_taps"]  # 2 L single-frame products against k * out
+        # the transforms: small matrix products over the frames (memory-bound), and the copies that group the
+        # spectrum's channels and ungroup the products'
+        passes = g["in"] + 3 * g["dft_in"] + 3 * g["dft_out"] + g["out"]
+        return native / rate + traffic + passes * _SECONDS_PER_ELEMENT + _CALL
     if name == "band":  # outer positions as channels: a deeper, wider GEMM over the band's mostly-zero terms
         band_flops = 2 * g["band_macs"]
         rate = _rate(inner * g["outer_in"], g["per_group_out"] * g["outer_out"], g["per_group_in"] * g["outer_in"])
@@ -564,6 +600,10 @@ def chunked_cost(
         pieces = winograd_pieces(spec, how, x_shape, w_shape, 4)
         runs = math.ceil(g["first_out"] / winograd.tile(g["first_out"]))
         return _in_runs(whole, g, pieces, g["batch"] * g["outer_rest"] * math.ceil(runs / pieces), g["channels"])
+    if name == "dft":
+        if whole == math.inf:
+            return whole
+        return _in_runs(whole, g, dft_pieces(spec, how, x_shape, w_shape, 4), g["batch"], 2 * g["channels"])
     if name == "spread":
         per_frame, fixed = _spread_workspace(spec, how, x_shape, w_shape)
         if per_frame + fixed > limit:
@@ -596,12 +636,15 @@ def runs_as_itself(
     dtype: torch.dtype = torch.float32,
 ) -> bool:
     """Whether strategy ``name`` runs as itself for this plan, on the plan's dim order: ``winograd`` where F(m, 3)
-    applies (:func:`convnd.winograd.applies`) to a ``dtype`` of :data:`convnd.winograd.DTYPES`, ``foldspread``
+    applies (:func:`convnd.winograd.applies`) to a ``dtype`` of :data:`convnd.winograd.DTYPES`, ``dft`` likewise
+    (:func:`convnd.dft.applies`, :data:`convnd.dft.DTYPES`), ``foldspread``
     where it does (:func:`convnd.strategies.foldspread_applies`); elsewhere both run ``fold``. Every other
     strategy always does."""
     moved = _geometry(spec, how, tuple(x_shape), tuple(w_shape))["spec"]
     if name == "winograd":
         return winograd.applies(moved, how.native_rank) and dtype in winograd.DTYPES
+    if name == "dft":
+        return dft.applies(moved, how.native_rank) and dtype in dft.DTYPES
     if name == "foldspread":
         return strategies.foldspread_applies(moved, how.native_rank)
     return True
@@ -616,6 +659,17 @@ def winograd_pieces(
     g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
     tiles = math.ceil(g["first_out"] / winograd.tile(g["first_out"]))
     return _runs_within("winograd", spec, how, x_shape, w_shape, itemsize, tiles)
+
+
+@trace_safe_cache(maxsize=4096)
+def dft_pieces(
+    spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[int], w_shape: Sequence[int], itemsize: int
+) -> int:
+    """How many runs of frequency groups ``dft`` computes, so that one run's spectrum and products fit the budget
+    (a group per run at most); the run and the cost model both ask here."""
+    g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
+    units = dft.groups(g["outer_shape"][0], *g["spec"].padding[0])
+    return _runs_within("dft", spec, how, x_shape, w_shape, itemsize, units)
 
 
 @trace_safe_cache(maxsize=4096)
