@@ -95,6 +95,15 @@ def test_refusals(spec, shape, output, message, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["conv.gif", "sheet.png"])
+def test_the_output_folder_is_made_once_the_layer_is_drawn(name, tmp_path):
+    path = convnd.animate("Conv1d(1, 1, 3, padding=1)", (1, 1, 6), tmp_path / "new" / "deeper" / name)
+    assert path == tmp_path / "new" / "deeper" / name and path.stat().st_size > 0
+    with pytest.raises(ConvndError, match="--input must be small enough to draw"):
+        convnd.animate("Conv2d(1, 1, 3)", (1, 1, 5, 200), tmp_path / "refused" / name)
+    assert not (tmp_path / "refused").exists()
+
+
 def test_missing_matplotlib_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ConvndError, match=r"pip install 'convnd\[viz\]'"):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from convnd import animation, cli
+from convnd import animation, cli, demo
 
 
 def _demo(capsys: pytest.CaptureFixture, *args: str) -> str:
@@ -29,6 +29,15 @@ def test_demo_tours_the_product_and_its_claims_hold(tmp_path, capsys):
     assert re.search(r"native convolutions that ran: \d+ x conv2d; same state_dict keys: True; same output: True", out)
     assert re.search(r"convnd \('\w+' plan\) is [\d.]+x the loop", out)
     gif = tmp_path / "convnd-demo.gif"
+    assert f"wrote {gif}" in out and gif.stat().st_size > 0
+
+
+def test_demo_makes_its_output_folder(tmp_path, capsys, monkeypatch):
+    # only the animation step matters here: the others are the first test's
+    for step in ("_rank_follows_the_kernel", "_exact_past_three_dims", "_adjoint", "_explain", "_rewrite", "_speed"):
+        monkeypatch.setattr(demo, step, lambda *args: None)
+    out = _demo(capsys, "--output-dir", str(tmp_path / "new" / "folder"))
+    gif = tmp_path / "new" / "folder" / "convnd-demo.gif"
     assert f"wrote {gif}" in out and gif.stat().st_size > 0
 
 

@@ -224,7 +224,7 @@ def animate(layer: Any, input_shape: Any, output: str | Path, *, max_frames: int
     Args:
         layer: the layer as text or a convolution module (see :func:`render_frames`).
         input_shape: the input's shape.
-        output: a ``.gif`` or ``.png`` path.
+        output: a ``.gif`` or ``.png`` path; its folder is made if it does not exist.
         max_frames: the most frames in a GIF.
 
     Example:
@@ -235,9 +235,11 @@ def animate(layer: Any, input_shape: Any, output: str | Path, *, max_frames: int
         fail("--output", str(output), "a file name ending in .gif (animation) or .png (contact sheet)")
     if path.suffix.lower() == ".png":
         images = render_frames(layer, input_shape, max_frames=MAX_SHEET)
+        path.parent.mkdir(parents=True, exist_ok=True)  # drawn first: a refused layer leaves no folder behind
         _contact_sheet(images).save(path, optimize=True)
         return path
     images = render_frames(layer, input_shape, max_frames=max_frames)
+    path.parent.mkdir(parents=True, exist_ok=True)
     # one shared palette keeps colours steady from frame to frame and the file small
     palette = images[0].quantize(colors=64)
     frames = [im.quantize(palette=palette, dither=0) for im in images]
