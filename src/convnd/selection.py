@@ -533,10 +533,13 @@ def cost(
         per_in, per_out = 2 * g["per_group_in"], 2 * g["per_group_out"]
         rate = _rate(per_in * g["inner_taps"], per_out, per_in)
         native = 2 * g["dft_out"] * per_in * g["inner_taps"]  # 2 L single-frame products against k * out
-        # the transforms: small matrix products over the frames (memory-bound), and the copies that group the
-        # spectrum's channels and ungroup the products'
+        # the transforms: matrix products over the frames, L rows against each input frame and each output frame
+        # (skinny: priced at a quarter of the GEMM peak), and the copies that group the spectrum's channels and
+        # ungroup the products'
+        frames_in, frames_out = g["outer_shape"][0], g["first_out"]
+        transforms = 2 * (g["dft_in"] * frames_in + g["dft_out"] * frames_out)
         passes = g["in"] + 3 * g["dft_in"] + 3 * g["dft_out"] + g["out"]
-        return native / rate + traffic + passes * _SECONDS_PER_ELEMENT + _CALL
+        return native / rate + transforms / (_PEAK / 4) + traffic + passes * _SECONDS_PER_ELEMENT + _CALL
     if name == "band":  # outer positions as channels: a deeper, wider GEMM over the band's mostly-zero terms
         band_flops = 2 * g["band_macs"]
         rate = _rate(inner * g["outer_in"], g["per_group_out"] * g["outer_out"], g["per_group_in"] * g["outer_in"])
