@@ -11,9 +11,9 @@ and a *strategy* for the dims that rank cannot hold:
   output positions that tap writes. Taps that would read only zero padding are skipped,
   so zero padding of outer dims costs no copy. The transposed convolution scatters the
   same way. No loop ever runs over output positions, only over outer kernel taps.
-- ``fold``, ``spread``, ``foldspread``, ``band``, ``unfold``, ``fft``, ``winograd``: the other lowerings past
-  the native rank (:mod:`convnd.strategies`, :mod:`convnd.winograd`); :mod:`convnd.selection` chooses among
-  them all from the shapes and from whether a gradient will be computed.
+- ``fold``, ``spread``, ``foldspread``, ``band``, ``unfold``, ``fft``, ``winograd``, ``dft``: the other lowerings
+  past the native rank (:mod:`convnd.strategies`, :mod:`convnd.winograd`, :mod:`convnd.dft`);
+  :mod:`convnd.selection` chooses among them all from the shapes and from whether a gradient will be computed.
 
 ``convnd.conv`` (N > 3), ``convnd.emulate`` and ``convnd.rewrite`` all run through here.
 """
@@ -184,9 +184,10 @@ def lowered(
 ) -> torch.Tensor:
     """Run a batched N > r convolution with ``how.strategy``, its native dims moved to the back first.
 
-    ``pieces`` > 1 (``fold``, ``foldspread``, ``spread``, ``winograd`` and un-patching ``unfold``, see
+    ``pieces`` > 1 (``fold``, ``foldspread``, ``spread``, ``winograd``, ``dft`` and un-patching ``unfold``, see
     :mod:`convnd.chunking`) splits their work: fold's and foldspread's folded batch into runs of output rows,
-    spread's input into runs of frames, winograd's tiles into runs of tiles, un-patching's input into runs of rows.
+    spread's input into runs of frames, winograd's tiles into runs of tiles, dft's frequencies into runs of groups,
+    un-patching's input into runs of rows.
     """
     order = selection.axis_order(spec.dims, how.native_rank, how.native_axes)
     if order != tuple(range(spec.dims)):

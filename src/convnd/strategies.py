@@ -31,7 +31,8 @@ the dims it keeps native to the back):
   instead of ``O(C_in C_out prod(kernel) F)``, for large kernels. Not exact to the last
   bit: see :func:`fft_error_bound`.
 
-The gradients of ``fold``, ``spread`` and ``foldspread`` plans (and of :mod:`convnd.winograd`'s) come from
+The gradients of ``fold``, ``spread`` and ``foldspread`` plans (and of :mod:`convnd.winograd`'s and
+:mod:`convnd.dft`'s) come from
 :func:`fold_backward` or :func:`phase_backward` (see :mod:`convnd.autograd`).
 
 ``unfold`` and ``fft`` run a transposed convolution as the forward convolution it
