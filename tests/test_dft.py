@@ -161,6 +161,20 @@ def test_the_model_picks_dft_for_wide_kernels_and_keeps_its_runs_within_the_budg
     assert selection.dft_pieces(wide, roomy, *shapes, 4) == 1
 
 
+@pytest.mark.parametrize("custom", [True, False], ids=["custom backward", "autograd through"])
+def test_a_first_call_in_inference_mode_leaves_later_gradients_working(custom):
+    # the transforms are cached as tensors: one made under inference_mode could not be saved for a backward
+    x, w, b = seeded((1, 2, 6, 3, 3, 3), (3, 2, 5, 3, 3, 3), seed=3)
+    kw = {"padding": (3, 1, 0, 1)}  # a shape no other test caches first
+    with torch.inference_mode(), convnd.strategy("dft", native_axes=FIRST_LOWERED):
+        y = convnd.conv(x, w, b, **kw)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    with convnd.strategy("dft", native_axes=FIRST_LOWERED, custom_backward=custom):
+        z = convnd.conv(*leaves, **kw)
+    z.square().sum().backward()
+    assert torch.equal(y, z.detach()) and all(t.grad is not None for t in leaves)
+
+
 def test_explain_names_the_dft():
     layer = convnd.ConvNd(4, 4, (7, 7, 7, 7), padding=3)
     text = str(convnd.explain(layer, (1, 4, 12, 12, 16, 16)))
