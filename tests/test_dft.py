@@ -3,8 +3,6 @@ float64 against the reference, of a direct sum's order in float32, in runs of fr
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -36,7 +34,7 @@ CASES = [
     ("reflect", (2, 3, 5, 3, 4, 3), (4, 3, 3, 3, 3, 3), {"padding": 1, "padding_mode": "reflect"}, None),
     ("circular", (1, 3, 6, 3, 4, 3), (4, 3, 5, 3, 3, 3), {"padding": 2, "padding_mode": "circular"}, None),
     ("runs of one frequency group", (2, 3, 9, 3, 3, 3), (4, 3, 5, 3, 3, 3), {"padding": 2}, 1),
-    ("runs of a few groups", (1, 3, 14, 4, 4, 3), (4, 3, 7, 3, 3, 2), {"padding": (3, 1, 1, 0)}, 30_000),
+    ("runs of a few groups", (1, 3, 14, 4, 4, 3), (4, 3, 7, 3, 3, 2), {"padding": (3, 1, 1, 0)}, 100_000),
 ]  # fmt: skip
 
 
@@ -56,9 +54,10 @@ def test_dft_is_exact_in_float64(case, x_shape, w_shape, kw, max_memory, monkeyp
     groups = dft.groups(size, low, high)
     # every frequency group is a group of the native calls: all in one call, or one call per run
     assert sum(calls) == groups * spec.groups
-    assert len(calls) == (1 if max_memory is None else groups if max_memory == 1 else len(calls))
-    if max_memory is not None:
-        assert len(calls) > 1
+    if max_memory is None:
+        assert len(calls) == 1
+    else:  # one call per run: a run per group for the smallest budget
+        assert len(calls) == groups if max_memory == 1 else 1 < len(calls) < groups
 
 
 TRANSFORM_CASES = [(6, 3, 3, 7, 1), (5, 1, 0, 3, 2), (4, 0, 1, 1, 1), (3, 4, 1, 3, 1)]
@@ -218,4 +217,3 @@ def test_dft_matches_the_reference_on_random_configs(data):
     with convnd.strategy("dft", native_axes=FIRST_LOWERED, max_memory=budget):
         y = convnd.conv(x, w, b, **kw)
     np.testing.assert_allclose(y.numpy(), oracle(x, w, b, kw), rtol=0, atol=1e-10)
-    assert math.isfinite(float(y.abs().max()))

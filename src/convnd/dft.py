@@ -97,32 +97,18 @@ def transforms(
     return tuple(input_rows), tuple(kernel_rows), tuple(output_rows)
 
 
+@trace_safe_cache(maxsize=64)
 def _matrices(
     size: int, low: int, high: int, kernel: int, dilation: int, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`transforms` as tensors of ``dtype`` on ``device``: a traced graph's constants, or (eager) cached ones
-    (building them from Python floats took 49 us for the bench's 7-wide kernel, 0.6 ms for a 9-wide one over 64
-    frames). Never written to."""
+    """:func:`transforms` as tensors of ``dtype`` on ``device``, never written to: cached in eager mode (building
+    them from Python floats took 49 us for the bench's 7-wide kernel, 0.6 ms for a 9-wide one over 64 frames), a
+    traced graph's constants while tracing."""
+    matrices = transforms(size, low, high, kernel, dilation)
     if tracing():
-        return _tensors(size, low, high, kernel, dilation, dtype, device)
-    return _cached_matrices(size, low, high, kernel, dilation, dtype, device)
-
-
-@trace_safe_cache(maxsize=64)
-def _cached_matrices(
-    size: int, low: int, high: int, kernel: int, dilation: int, dtype: torch.dtype, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`_tensors`, made outside inference mode: a cached inference tensor could not be saved for a later
-    call's backward."""
-    with torch.inference_mode(False):
-        return _tensors(size, low, high, kernel, dilation, dtype, device)
-
-
-def _tensors(
-    size: int, low: int, high: int, kernel: int, dilation: int, dtype: torch.dtype, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`transforms` as tensors."""
-    return tuple(torch.tensor(t, dtype=dtype, device=device) for t in transforms(size, low, high, kernel, dilation))
+        return tuple(torch.tensor(t, dtype=dtype, device=device) for t in matrices)
+    with torch.inference_mode(False):  # a cached inference tensor could not be saved for a later call's backward
+        return tuple(torch.tensor(t, dtype=dtype, device=device) for t in matrices)
 
 
 def dft(
@@ -134,7 +120,7 @@ def dft(
     Shape:
         x: (B, C_in, D, *inner); weight: (C_out, C_in / groups, r, *inner_k); result: (B, C_out, D_out, *inner_out).
     """
-    if not applies(spec, rank) or x.dtype not in DTYPES or weight.dtype not in DTYPES:
+    if not applies(spec, rank) or x.dtype not in DTYPES:  # (the weight shares x's dtype: convnd.checks)
         return strategies.fold(x, weight, bias, spec, rank)
     if spec.padding_mode != "zeros":
         x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()

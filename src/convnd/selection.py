@@ -186,7 +186,9 @@ def custom_backward_pays(spec: ConvSpec, rank: int, name: str = "tapsum", macs: 
     (about 0.2 ms here) loses to autograd through fold under about 20M and through spread
     under about 2M (forward+backward, side by side). Through foldspread, from four 5-d shapes of 4-16
     channels (18M-860M multiply-adds): the custom backward 1.2x faster on the bench's 5d, 1.08x on one,
-    level at 18M, 0.84-0.94x on two; priced as fold's.
+    level at 18M, 0.84-0.94x on two; priced as fold's. Through dft, on the bench's 7-wide kernel (283M
+    multiply-adds): the custom backward 66 ms forward+backward, autograd through dft 118; its threshold is
+    spread's, not measured for dft on small shapes.
     Otherwise: for kernels wider than 3 in a lowered dim. Measured side by side (README,
     forward+backward): with 3-wide kernels autograd through the lowering was 1.1-2x
     faster than the lowered adjoint (its per-tap native backward computes both gradients
