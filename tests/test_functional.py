@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import convnd
 from configs import MODES, Config, configs
-from convnd import reference
+from convnd import lowering, reference
 
 TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 TORCH_MODULES = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
@@ -126,6 +126,34 @@ def test_a_weight_with_odd_strides_on_size_one_dims_is_read_right(shape, strides
     expected = TORCH_CONV[n](x.double(), w.double(), None, **kw)
     scale = expected.abs().max().item()
     torch.testing.assert_close(convnd.conv(x, w, **kw).double(), expected, rtol=0, atol=3e-2 * scale)
+
+
+LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+@st.composite
+def dense_weights(draw: st.DrawFn) -> torch.Tensor:
+    """A dense weight with size-1 dims, in a contiguous or channels-last order, its size-1 dims' strides any."""
+    shape = draw(st.lists(st.sampled_from([1, 1, 2, 3]), min_size=3, max_size=5))
+    layouts = [torch.contiguous_format] + ([LAST[len(shape)]] if len(shape) in LAST else [])
+    dense = torch.empty(shape, memory_format=draw(st.sampled_from(layouts))).stride()
+    strides = [draw(st.sampled_from([d, 1, 5, 24])) if n == 1 else d for n, d in zip(shape, dense)]
+    return torch.zeros(max(sum((n - 1) * s for n, s in zip(shape, strides)) + 1, 1)).as_strided(shape, strides)
+
+
+@given(w=dense_weights())
+def test_which_weights_are_copied_follows_torchs_own_layouts(w):
+    """A weight is copied exactly when torch counts it dense in a layout (contiguous first) whose strides it does
+    not carry on a size-1 dim: the oracle is torch's is_contiguous and a fresh tensor's strides in that layout."""
+    layouts = [torch.contiguous_format] + ([LAST[w.dim()]] if w.dim() in LAST else [])
+    layout = next((f for f in layouts if w.is_contiguous(memory_format=f)), None)
+    if layout is not None and w.stride() == torch.empty(w.shape, memory_format=layout).stride():
+        layout = None
+    assert lowering._misread_layout(w.shape, w.stride()) == layout
+    copy = lowering._readable(w)
+    assert (copy is w) == (layout is None) and torch.equal(copy, w)
+    if layout is not None:
+        assert copy.stride() == torch.empty(w.shape, memory_format=layout).stride()
 
 
 def test_a_channels_last_depthwise_weight_stays_bit_identical_to_torch():

@@ -152,6 +152,35 @@ def test_select_and_lifted_keep_the_per_dim_values():
     assert spec.unpadded().padding == ((0, 0),) * 3
 
 
+# (make_spec arguments, native_arguments): one int where every dim agrees, what torch parses fastest
+NATIVE_ARGUMENTS = [
+    ({"kernel": (3, 3), "padding": 1}, (1, 1, 1)),
+    ({"kernel": (3, 3, 3), "stride": (2, 2, 2), "padding": (1, 2, 1), "dilation": 3}, (2, (1, 2, 1), 3)),
+    ({"kernel": (3,), "stride": (2,), "padding": 4}, (2, 4, 1)),
+    ({"kernel": (3, 5), "padding": "same"}, (1, "same", 1)),
+    ({"kernel": (3, 5), "stride": (1, 2), "padding": "valid"}, ((1, 2), "valid", 1)),
+    ({"kernel": (3, 3), "padding": ((0, 1), 1)}, (1, None, 1)),  # asymmetric: no native form
+]
+
+
+@pytest.mark.parametrize(("arguments", "expected"), NATIVE_ARGUMENTS)
+def test_native_arguments_are_one_int_where_the_dims_agree(arguments, expected):
+    spec = make_spec(**arguments)
+    assert spec.native_arguments == expected
+    assert "native_arguments" not in repr(spec)
+
+
+def test_native_arguments_follow_every_derived_spec():
+    """Derived, not copied: a spec made by replace (select, lifted, unpadded, output padding) has its own."""
+    spec = make_spec((2, 3, 4), stride=(2, 1, 1), padding=(1, 2, 2), dilation=(1, 2, 2))
+    assert spec.native_arguments == ((2, 1, 1), (1, 2, 2), (1, 2, 2))
+    assert spec.select([1, 2]).native_arguments == (1, 2, 2)
+    assert spec.unpadded().native_arguments == ((2, 1, 1), 0, (1, 2, 2))
+    assert make_spec((3,), padding=2).lifted(2).native_arguments == (1, (0, 0, 2), 1)
+    transposed = make_spec((3, 3), stride=2, transposed=True)
+    assert transposed.with_output_padding((1, 1)).native_arguments == transposed.native_arguments == (2, 0, 1)
+
+
 @pytest.mark.parametrize("rank, lowered, native", [(1, (2, 3), (4,)), (2, (2,), (3, 4)), (3, (), (2, 3, 4))])
 def test_split_gives_the_lowered_dims_then_the_native_ones(rank, lowered, native):
     spec = make_spec((2, 3, 4), stride=(1, 2, 3), padding=((0, 1), 2, 3))

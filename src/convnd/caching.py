@@ -18,9 +18,9 @@ import torch
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def tracing() -> bool:
-    """True while torch.compile (Dynamo) or torch.export traces the calling code."""
-    return torch.compiler.is_compiling()
+# True while torch.compile (Dynamo) or torch.export traces the calling code. torch's own function, not a wrapper:
+# it runs several times on every convnd call, and Dynamo recognizes it by identity (it reads as True in a trace)
+tracing: Callable[[], bool] = torch.compiler.is_compiling
 
 
 def trace_safe_cache(maxsize: int) -> Callable[[F], F]:

@@ -42,8 +42,10 @@ def check_operands(input: Any, weight: Any, bias: Any, spec: ConvSpec) -> bool:
         or (C_in, C_out/groups, *kernel) when transposed; bias (C_out,).
     """
     dtype, device = check_tensor("input", input).dtype, input.device
-    _check_like(weight, "weight", dtype, device)
-    if bias is not None:
+    # the passing case inline (this runs on every call); _check_like says what is wrong
+    if not isinstance(weight, torch.Tensor) or weight.dtype is not dtype or weight.device != device:
+        _check_like(weight, "weight", dtype, device)
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.dtype is not dtype or bias.device != device):
         _check_like(bias, "bias", dtype, device)
     if tracing():  # traced shapes may be symbolic (unhashable): see convnd.caching
         return _check_shapes(input, weight, bias, spec)

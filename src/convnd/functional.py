@@ -15,7 +15,7 @@ import torch
 from .checks import check_operands, check_tensor
 from .errors import fail
 from .layout import DEFAULT_CHANNEL_DIM, resolve_layout
-from .lowering import execute, plan, wants_grad
+from .lowering import execute, native, plan, wants_grad
 from .spec import ConvSpec, IntOrTuple, PaddingArg, make_spec
 
 
@@ -49,6 +49,8 @@ def run(
     ):
         # torch's own layout and no flip, the common case: nothing to resolve or move, so skip it
         check_operands(input, weight, bias, spec)
+        if native_rank is None and len(spec.kernel) <= 3:
+            return native(input, weight, bias, spec)  # the direct plan, without asking for it: every N <= 3 call
         training = spec.dims > 3 and wants_grad(input, weight, bias)  # only lowered plans weigh it: no N <= 3 cost
         how = plan(spec, native_rank, input_shape=input.shape, weight_shape=weight.shape, training=training)
         return execute(input, weight, bias, spec, how)
@@ -85,7 +87,7 @@ def kernel_of(weight: Any) -> tuple[int, ...]:
         fail("weight", weight, "a tensor with at least 3 dims: (C_out, C_in / groups, *kernel)")
     if 0 in shape:
         fail("weight", weight, "a tensor with no zero-sized dim")
-    return tuple(shape[2:])
+    return shape[2:]  # a torch.Size, a tuple (make_spec keys on it as on one, without copying it)
 
 
 def conv(

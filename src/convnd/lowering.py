@@ -222,12 +222,12 @@ def native(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spe
     if spec.padding_mode != "zeros":
         x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()
     weight = _readable(weight)
-    padding = spec.native_padding
+    stride, padding, dilation = spec.native_arguments
     if padding is None:
         common = tuple(min(pair) for pair in spec.padding)
         x = F.pad(x, torch_pad_order(tuple((lo - c, hi - c) for (lo, hi), c in zip(spec.padding, common))))
         padding = common
-    return _CONV[spec.dims](x, weight, bias, spec.stride, padding, spec.dilation, spec.groups)
+    return _CONV[len(spec.kernel)](x, weight, bias, stride, padding, dilation, spec.groups)
 
 
 _LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
@@ -242,26 +242,30 @@ def _readable(weight: torch.Tensor) -> torch.Tensor:
     Lowerings make them (a reshaped or sliced weight with a kernel of 1 or one channel per group); a fresh copy
     in the same layout is read right. Transposed calls read them right (none of 1500).
     """
-    if 1 not in weight.shape:
+    if 1 not in weight.shape or not weight.is_cpu:
         return weight  # the common case first: this runs on every native call
-    # contiguous first: a weight dense in both layouts with channels-last's own strides, (2, 1, 3, 2) strided
-    # (6, 1, 2, 1), is misread beside a contiguous input too (a depthwise one's copy stays bit-identical: tested)
-    if weight.is_contiguous():
-        layout = torch.contiguous_format
-    elif weight.dim() in _LAST and weight.is_contiguous(memory_format=_LAST[weight.dim()]):
-        layout = _LAST[weight.dim()]
-    else:
-        return weight  # not dense: torch copies it into a dense layout itself
-    if weight.stride() == _dense_strides(tuple(weight.shape), layout) or weight.device.type != "cpu":
-        return weight
-    return weight.clone(memory_format=layout)
+    layout = _misread_layout(weight.shape, weight.stride())
+    return weight if layout is None else weight.clone(memory_format=layout)
 
 
 @trace_safe_cache(maxsize=1024)
-def _dense_strides(shape: tuple[int, ...], layout: torch.memory_format) -> tuple[int, ...]:
+def _misread_layout(shape: tuple[int, ...], stride: tuple[int, ...]) -> torch.memory_format | None:
+    """The layout to copy a weight of this shape and these strides into (see :func:`_readable`), or None: it is read
+    right as it is (its size-1 dims have the strides of its layout), or it is not dense (torch copies it itself).
+    Cached: every native call with a size-1 weight dim asks (a single-channel one among them)."""
+    # contiguous first: a weight dense in both layouts with channels-last's own strides, (2, 1, 3, 2) strided
+    # (6, 1, 2, 1), is misread beside a contiguous input too (a depthwise one's copy stays bit-identical: tested)
+    layouts = [torch.contiguous_format] + ([_LAST[len(shape)]] if len(shape) in _LAST else [])
+    for layout in layouts:
+        dense = _dense_strides(shape, layout)
+        if all(s == d for n, s, d in zip(shape, stride, dense) if n != 1):  # dense in this layout
+            return None if tuple(stride) == dense else layout
+    return None
+
+
+def _dense_strides(shape: Sequence[int], layout: torch.memory_format) -> tuple[int, ...]:
     """The strides of a dense tensor of ``shape`` in ``layout`` (channels last: channels fastest, then the
-    spatial dims from the last, then the batch). Cached: every native call with a size-1 weight dim asks, a
-    single-channel one among them (0.8 us uncached, 0.3 cached)."""
+    spatial dims from the last, then the batch)."""
     fastest_first = range(len(shape) - 1, -1, -1)
     if layout is not torch.contiguous_format:
         fastest_first = (1, *range(len(shape) - 1, 1, -1), 0)

@@ -229,7 +229,10 @@ class ConvNd(_ConvBase):
         )  # fmt: skip
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return run(input, self.weight, self.bias, self.spec, **self._layout_keywords())
+        return run(
+            input, self.weight, self.bias, self.spec,
+            channel_dim=self.channel_dim, spatial_dims=self.spatial_dims, convolution=self.convolution,
+        )  # fmt: skip
 
 
 class Conv1d(ConvNd):
