@@ -138,19 +138,21 @@ def dft(
     frames = x.reshape((batch, g, per_in, size, -1))  # (B, g, C/g, D, P): the frames of each channel's row
     y = None
     for first, count in strategies.row_runs(n_groups, pieces):
-        # this run's spectrum: (B, g, C/g, 2 * count, P) -> (B, count, g, 2, C/g, *inner), a group's channels together
+        # this run's spectrum: (B, g, C/g, 2 * count, P) -> (B, g, count, 2, C/g, *inner), a group's channels together
         u = torch.matmul(to_input[2 * first : 2 * (first + count)], frames)
-        u = u.unflatten(3, (count, 2)).permute(0, 3, 1, 4, 2, 5).reshape((batch, -1, *x.shape[3:]))
-        # the run's weight spectra (as big as the input's spectrum for a wide kernel, so per run): (count, g, 2,
+        u = u.unflatten(3, (count, 2)).permute(0, 1, 3, 4, 2, 5).reshape((batch, -1, *x.shape[3:]))
+        # the run's weight spectra (as big as the input's spectrum for a wide kernel, so per run): (g, count, 2,
         # C_out/g) x (2, C/g, *inner_k), each group's 2 x 2 block of the taps' phases
-        w = torch.einsum("jpqt,goctk->jgpoqck", to_weight[first : first + count], taps)
+        w = torch.einsum("jpqt,goctk->gjpoqck", to_weight[first : first + count], taps)
         w = w.reshape((-1, 2 * per_in, *weight.shape[3:]))
         products = lowering.native_lowered(u, w, None, replace(inner, groups=count * g))
         del u
-        # (B, count, g, 2, C_out/g, Q) -> (B, g, C_out/g, 2 * count, Q), then the inverse transform's share
-        z = products.reshape((batch, count, g, 2, per_out, -1)).permute(0, 2, 4, 1, 3, 5).flatten(3, 4)
-        share = torch.matmul(to_output[:, 2 * first : 2 * (first + count)], z)
-        del products, z
-        y = share if y is None else y.add_(share)
-    y = y.reshape((batch, out_channels, -1, *inner.output_size(x.shape[3:])))
+        # (B, g, count, 2, C_out/g, Q): per convolution group, the run's 2 * count frequency rows of C_out/g * Q
+        # values, the inverse transform's share added into y (B, g, D_out, C_out/g * Q) in place
+        rows = products.reshape((batch * g, 2 * count, -1))
+        inverse = to_output[:, 2 * first : 2 * (first + count)].expand((batch * g, -1, -1))
+        y = torch.bmm(inverse, rows) if y is None else y.baddbmm_(inverse, rows)
+        del products, rows
+    out_inner = inner.output_size(x.shape[3:])
+    y = y.reshape((batch, g, -1, per_out, *out_inner)).transpose(2, 3).reshape((batch, out_channels, -1, *out_inner))
     return lowering.add_bias(y, bias)
