@@ -4,7 +4,9 @@ convnd.conv and convnd.Conv2d validate their arguments and then make the same si
 torch call torch.nn would; this measures what that costs next to
 torch.nn.functional.conv2d and torch.nn.Conv2d, on a tiny input (where only overhead
 shows) and a medium one (where it should vanish). The calls are interleaved round by
-round so a busy machine slows them all alike; the medians are printed side by side.
+round so a busy machine slows them all alike; the medians are printed side by side, and beside them the
+fastest round of each (the least disturbed: on a shared host a busy spell slows every call, and its
+overhead with it, by up to 1.7x here).
 
     PYTHONPATH=src python benchmarks/overhead.py [--rounds 41] [--threads 1] > benchmarks/overhead.txt
 """
@@ -12,6 +14,7 @@ round so a busy machine slows them all alike; the medians are printed side by si
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from typing import Callable
 
@@ -19,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import convnd
-from convnd.bench import time_side_by_side
+from convnd.bench import samples_side_by_side
 
 WORKLOADS = {
     # name: (input shape, in channels, out channels, kernel)
@@ -29,8 +32,9 @@ WORKLOADS = {
 }
 
 
-def measure(name: str, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each contender on one workload (convnd.bench's interleaved, shuffled rounds)."""
+def measure(name: str, rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each contender in each round on one workload (convnd.bench's interleaved, shuffled
+    rounds)."""
     shape, cin, cout, k = WORKLOADS[name]
     x = torch.randn(shape)
     theirs = torch.nn.Conv2d(cin, cout, k, padding=1)
@@ -53,8 +57,8 @@ def measure(name: str, rounds: int) -> dict[str, float]:
         return lambda: [fn() for _ in range(calls)] and None
 
     with torch.no_grad():
-        medians = time_side_by_side({key: repeated(fn) for key, fn in contenders.items()}, rounds)
-    return {key: seconds / calls for key, seconds in medians.items()}
+        samples = samples_side_by_side({key: repeated(fn) for key, fn in contenders.items()}, rounds)
+    return {key: [seconds / calls for seconds in values] for key, values in samples.items()}
 
 
 def main() -> None:
@@ -65,18 +69,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), medians of {args.rounds} interleaved rounds")
     for name in WORKLOADS:
-        medians = measure(name, args.rounds)
+        samples = measure(name, args.rounds)
         shape, cin, cout, k = WORKLOADS[name]
         print(f"\n{name}: input {shape}, {cin}->{cout} channels, {k}x{k} kernel, padding 1")
-        for key, seconds in medians.items():
-            print(f"  {key:16s} {seconds * 1e6:9.2f}us")
+        print(f"  {'':38s} {'median':>19s} {'fastest round':>19s}")
+        stats = [{key: statistic(values) for key, values in samples.items()} for statistic in (statistics.median, min)]
+        for key in samples:
+            print(f"  {key:38s}" + "".join(f" {s[key] * 1e6:17.2f}us" for s in stats))
         for ours, theirs in [
             ("convnd.conv", "F.conv2d"),
             ("convnd.Conv2d", "F.conv2d"),
             ("convnd.Conv2d", "torch.nn.Conv2d"),
         ]:
-            extra = medians[ours] - medians[theirs]
-            print(f"  {ours} - {theirs}: {extra * 1e6:+8.2f}us ({extra / medians[theirs]:+6.1%})")
+            extra = [s[ours] - s[theirs] for s in stats]
+            cells = "".join(f" {e * 1e6:+9.2f}us ({e / s[theirs]:+6.1%})" for e, s in zip(extra, stats))
+            print(f"  {ours + ' - ' + theirs:38s}{cells}")
 
 
 if __name__ == "__main__":

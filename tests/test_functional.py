@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import convnd
 from configs import MODES, Config, configs
-from convnd import lowering, reference
+from convnd import ConvndTypeError, ConvndValueError, functional, lowering, reference
 
 TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 TORCH_MODULES = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
@@ -276,6 +276,77 @@ def test_unbatched_equals_batch_of_one(dims, device):
     w = torch.randn(3, 2, *(2,) * dims, dtype=torch.float64, device=device)
     kwargs = {"padding": ((0, 1),) * dims, "padding_mode": "circular", "dilation": 2}
     assert torch.equal(convnd.conv(x, w, **kwargs), convnd.conv(x[None], w, **kwargs)[0])
+
+
+# --- the direct-call memo (convnd.functional.direct_key) ------------------------------------------------
+
+
+def _operands() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return torch.randn(2, 4, 6, 6), torch.randn(3, 4, 3, 3), torch.randn(3)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_repeated_call_runs_from_the_memo_as_the_first_did(transposed, monkeypatch):
+    """The second call with the same arguments and operands skips parsing and checks, and gives torch's bits."""
+    x, w, b = _operands()
+    w = w.transpose(0, 1).contiguous() if transposed else w  # (C_in, C_out, k, k)
+    ours, theirs = (convnd.conv_transpose, F.conv_transpose2d) if transposed else (convnd.conv, F.conv2d)
+    functional._DIRECT.clear()
+    first = ours(x, w, b, 2, 1)
+    assert len(functional._DIRECT) == 1
+    monkeypatch.setattr(functional, "make_spec", None)  # a call that parsed its arguments again would fail here
+    monkeypatch.setattr(functional, "check_operands", None)
+    second = ours(x, w, b, 2, 1)
+    assert torch.equal(first, second) and torch.equal(second, theirs(x, w, b, 2, 1))
+    assert len(functional._DIRECT) == 1
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x, w, b: convnd.conv(x[:, :, None, None], w[:, :, None, None], b),  # N = 4: lowered, not remembered
+        lambda x, w, b: convnd.conv(x.movedim(1, -1), w, b, channel_dim=-1),  # another layout
+        lambda x, w, b: convnd.conv(x, w, b, convolution=True),  # a flipped kernel
+        lambda x, w, b: convnd.conv(x, w, b, stride=np.int64(1)),  # not a plain int: validated every call
+    ],
+    ids=["4-d", "channel_dim", "convolution", "numpy int"],
+)
+def test_only_plain_direct_calls_are_remembered(call):
+    functional._DIRECT.clear()
+    call(*_operands())
+    assert not functional._DIRECT
+
+
+# (what changes against a remembered valid call, the error convnd raises): the key must tell each apart
+MEMO_TWINS = {
+    "stride float": ({"stride": 1.0}, ConvndTypeError),
+    "stride bool": ({"stride": True}, ConvndTypeError),
+    "padding bool": ({"padding": (1, True)}, ConvndTypeError),
+    "groups float": ({"groups": 1.0}, ConvndTypeError),
+    "padding_mode": ({"padding_mode": "mirror"}, ConvndValueError),
+    "integer input": ({"x": lambda x: x.long()}, ConvndTypeError),
+    "weight dtype": ({"w": lambda w: w.double()}, ConvndValueError),
+    "bias dtype": ({"b": lambda b: b.double()}, ConvndValueError),
+    "bias shape": ({"b": lambda b: b[:2]}, ConvndValueError),
+    "input channels": ({"x": lambda x: x[:, :3]}, ConvndValueError),
+    "weight device": ({"w": lambda w: w.to("meta")}, ConvndValueError),
+    "input rank": ({"x": lambda x: x[0, 0]}, ConvndValueError),
+}
+
+
+@pytest.mark.parametrize(("change", "error"), MEMO_TWINS.values(), ids=MEMO_TWINS)
+def test_the_memo_never_skips_validation(change, error):
+    x, w, b = _operands()
+    valid = {"stride": 1, "padding": (1, 1), "groups": 1, "padding_mode": "zeros"}
+    convnd.conv(x, w, b, **valid)
+    convnd.conv(x, w, b, **valid)  # remembered, then run from the memo
+    operands = {"x": x, "w": w, "b": b}
+    for name, edit in change.items():
+        if name in operands:
+            operands[name] = edit(operands[name])
+    arguments = {**valid, **{k: v for k, v in change.items() if k not in operands}}
+    with pytest.raises(error):
+        convnd.conv(operands["x"], operands["w"], operands["b"], **arguments)
 
 
 def test_rank_follows_the_weight():

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from configs import per_dim
 from convnd import ConvndTypeError, ConvndValueError
-from convnd.spec import make_spec, resolve_kernel
+from convnd.spec import argument_key, make_spec, resolve_kernel
 
 # (kernel_size, class rank, dims=) -> kernel
 RANK_RULES = [
@@ -140,6 +142,22 @@ def test_cache_never_skips_validation(argument, value, error):
     make_spec((3, 3), **{argument: 1 if argument != "dilation" else (1, 1)})  # the valid twin is cached first
     with pytest.raises(error):
         make_spec((3, 3), **{argument: value})
+
+
+@pytest.mark.parametrize(
+    ("arguments", "key"),
+    [
+        ((1, 2, "same"), (1, 2, "same")),
+        (([1, 2], [[0, 1], 3]), ((1, 2), ((0, 1), 3))),  # lists are tuples
+        ((torch.Size([3, 3]), 1), (torch.Size([3, 3]), 1)),
+        ((1.0,), None),  # 1.0 == 1 would share a key with 1
+        ((True,), None),
+        (((1, True),), None),
+        ((np.int64(1),), None),  # accepted (it has __index__), but validated on every call
+    ],
+)
+def test_argument_key_tells_apart_what_validation_does(arguments, key):
+    assert argument_key(arguments) == key
 
 
 def test_select_and_lifted_keep_the_per_dim_values():

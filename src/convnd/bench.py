@@ -256,7 +256,14 @@ def _step(run: Runner, x: torch.Tensor, weight: torch.Tensor, backward: bool, ca
 def time_side_by_side(
     steps: dict[str, Callable[[], None]], rounds: int, progress: Callable[[], None] | None = None
 ) -> dict[str, float]:
-    """Median seconds of each step over ``rounds`` interleaved rounds, each sample in steady state.
+    """Median seconds of each step over ``rounds`` interleaved rounds (:func:`samples_side_by_side`)."""
+    return {name: statistics.median(s) for name, s in samples_side_by_side(steps, rounds, progress).items()}
+
+
+def samples_side_by_side(
+    steps: dict[str, Callable[[], None]], rounds: int, progress: Callable[[], None] | None = None
+) -> dict[str, list[float]]:
+    """Seconds of each step in each of ``rounds`` interleaved rounds, each sample in steady state.
 
     Each round runs every step in a fresh (seeded) order, so slow drifts of a shared machine
     hit every step alike. Within a round each step runs twice back to back and only the second
@@ -278,7 +285,7 @@ def time_side_by_side(
             samples[name].append(time.perf_counter() - start)
         if progress is not None:
             progress()
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return samples
 
 
 @dataclass

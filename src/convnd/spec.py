@@ -324,6 +324,19 @@ def _freeze(value: Any) -> Any:
 
 
 _INT_ONLY = {int}
+
+
+def argument_key(arguments: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """``arguments`` as a cache key that tells apart every value validation would tell apart (``1`` from ``1.0``
+    and ``True``; lists are tuples), or None when a leaf is not exactly an int, a str or a torch.Size."""
+    if set(map(type, arguments)) <= _LEAF_TYPES:  # the common case, ints and words, in one pass
+        return arguments
+    try:
+        return tuple(map(_freeze, arguments))
+    except _Uncacheable:
+        return None
+
+
 _LEAF_TYPES = {int, str, torch.Size}  # the types _freeze keeps as they are
 
 
