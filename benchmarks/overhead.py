@@ -4,9 +4,10 @@ convnd.conv and convnd.Conv2d validate their arguments and then make the same si
 torch call torch.nn would; this measures what that costs next to
 torch.nn.functional.conv2d and torch.nn.Conv2d, on a tiny input (where only overhead
 shows) and a medium one (where it should vanish). The calls are interleaved round by
-round so a busy machine slows them all alike; the medians are printed side by side, and beside them the
+round so a busy machine slows them all alike; the medians are printed side by side, beside them the
 fastest round of each (the least disturbed: on a shared host a busy spell slows every call, and its
-overhead with it, by up to 1.7x here).
+overhead with it, by up to 1.7x here), and for each difference the median of the rounds' own
+differences ("paired": a drift that slows a whole round cancels out).
 
     PYTHONPATH=src python benchmarks/overhead.py [--rounds 41] [--threads 1] > benchmarks/overhead.txt
 """
@@ -72,7 +73,7 @@ def main() -> None:
         samples = measure(name, args.rounds)
         shape, cin, cout, k = WORKLOADS[name]
         print(f"\n{name}: input {shape}, {cin}->{cout} channels, {k}x{k} kernel, padding 1")
-        print(f"  {'':38s} {'median':>19s} {'fastest round':>19s}")
+        print(f"  {'':38s} {'median':>19s} {'fastest round':>19s} {'paired':>19s}")
         stats = [{key: statistic(values) for key, values in samples.items()} for statistic in (statistics.median, min)]
         for key in samples:
             print(f"  {key:38s}" + "".join(f" {s[key] * 1e6:17.2f}us" for s in stats))
@@ -83,7 +84,9 @@ def main() -> None:
         ]:
             extra = [s[ours] - s[theirs] for s in stats]
             cells = "".join(f" {e * 1e6:+9.2f}us ({e / s[theirs]:+6.1%})" for e, s in zip(extra, stats))
-            print(f"  {ours + ' - ' + theirs:38s}{cells}")
+            # each round's own difference, then their median: a drift that slows a whole round cancels out
+            paired = statistics.median(a - b for a, b in zip(samples[ours], samples[theirs]))
+            print(f"  {ours + ' - ' + theirs:38s}{cells} {paired * 1e6:+9.2f}us ({paired / stats[0][theirs]:+6.1%})")
 
 
 if __name__ == "__main__":

@@ -85,10 +85,10 @@ def direct_key(
     transposed: bool, input: Any, weight: Any, bias: Any, arguments: tuple[Any, ...], layout: tuple[Any, Any, Any]
 ) -> tuple[Any, ...] | None:
     """Everything that decides whether a functional call passes convnd's checks and which spec it runs: its
-    arguments' values (:func:`convnd.spec.argument_key`) and each operand's type, shape, dtype and device. A call
-    with the key of one that ran as a single native call (N <= 3, torch's layout) runs as that call did, without
-    parsing its arguments or checking its operands again: 7.5 -> 6.0 us over F.conv2d on a tiny input (fastest
-    rounds; building the key is most of what is left).
+    arguments' values (:func:`convnd.spec.argument_key`) and each operand's shape, dtype and device (a tensor of any
+    type: the checks ask no more). A call with the key of one that ran as a single native call (N <= 3, torch's
+    layout) runs as that call did, without parsing its arguments or checking its operands again: 7.5 -> 6.0-6.3 us
+    over F.conv2d on a tiny input (fastest rounds; building the key is most of what is left).
 
     None (no shortcut) while tracing, for another layout (``layout``: channel_dim, spatial_dims, convolution), or
     for an operand that is not a tensor or an argument that is not plain ints and words.
@@ -108,13 +108,12 @@ def direct_key(
     frozen = argument_key(arguments)
     if frozen is None:
         return None
-    key = (transposed, *frozen, type(input), input.shape, input.dtype, input.device)
-    key += (type(weight), weight.shape, weight.dtype, weight.device)
+    key = (transposed, *frozen, input.shape, input.dtype, input.device, weight.shape, weight.dtype, weight.device)
     if bias is None:
         return key
     if not isinstance(bias, torch.Tensor):
         return None
-    return (*key, type(bias), bias.shape, bias.dtype, bias.device)
+    return (*key, bias.shape, bias.dtype, bias.device)
 
 
 def _remember(key: tuple[Any, ...] | None, spec: ConvSpec) -> None:
