@@ -349,6 +349,22 @@ def test_the_memo_never_skips_validation(change, error):
         convnd.conv(operands["x"], operands["w"], operands["b"], **arguments)
 
 
+@pytest.mark.parametrize("dims", [2, 4])
+def test_torch_func_vmap_and_grad(dims):
+    """torch.func's transforms see convnd as torch ops: vmap over a batch of batches, grad of a lowered call."""
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(3, 2, 2, *(4,) * dims, generator=gen, dtype=torch.float64)
+    w = torch.randn(3, 2, *(3,) * dims, generator=gen, dtype=torch.float64)
+    b = torch.randn(3, generator=gen, dtype=torch.float64)
+    for _ in range(2):  # the second time through the direct-call memo for N <= 3
+        got = torch.func.vmap(lambda xi: convnd.conv(xi, w, b, padding=1))(x)
+        assert torch.allclose(got, torch.stack([convnd.conv(xi, w, b, padding=1) for xi in x]), rtol=0, atol=1e-12)
+    grad = torch.func.grad(lambda ww: convnd.conv(x[0], ww, b, padding=1).square().sum())(w)
+    ww = w.clone().requires_grad_()
+    convnd.conv(x[0], ww, b, padding=1).square().sum().backward()
+    torch.testing.assert_close(grad, ww.grad, rtol=1e-12, atol=1e-12)
+
+
 def test_rank_follows_the_weight():
     """The seed question: a 2-d kernel makes a 2-d convolution, whatever else is passed."""
     x = torch.randn(1, 1, 7, 9)
