@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
-from convnd import reference
+import convnd
+from convnd import lowering, reference
 from convnd.spec import make_spec
 
 MODES = ("zeros", "reflect", "replicate", "circular")
@@ -200,3 +201,28 @@ def oracle(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, kw: dict[st
     """``convnd.reference.conv`` with ``convnd.conv(x, w, b, **kw)``'s arguments."""
     spec = spec_of(tuple(w.shape), kw)
     return reference.conv(x, w, b, spec.stride, spec.padding, spec.dilation, spec.groups, spec.padding_mode)
+
+
+FIRST_LOWERED = (1, 2, 3)  # a 4-d case's native dims when its first dim is the lowered one
+
+
+def forced_exact(
+    name: str,
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    kw: dict[str, Any],
+    max_memory: int | None,
+    monkeypatch: Any,
+    record: Any,
+) -> list[Any]:
+    """Run strategy ``name`` forced over the first dim of a 4-d case (``max_memory`` its budget) on seeded float64
+    operands, assert the result equals the reference to 1e-10, and return ``record(*arguments)`` of each native
+    call the run made (in order)."""
+    calls: list[Any] = []
+    native = lowering.native
+    monkeypatch.setattr(lowering, "native", lambda *a: calls.append(record(*a)) or native(*a))
+    x, w, b = seeded(x_shape, w_shape)
+    with convnd.strategy(name, native_axes=FIRST_LOWERED, max_memory=max_memory):
+        y = convnd.conv(x, w, b, **kw)
+    np.testing.assert_allclose(y.numpy(), oracle(x, w, b, kw), rtol=0, atol=1e-10)
+    return calls

@@ -11,11 +11,9 @@ from hypothesis import strategies as st
 from torch.autograd import gradcheck
 
 import convnd
-from configs import oracle, seeded, spec_of
+from configs import FIRST_LOWERED, forced_exact, oracle, seeded, spec_of
 from convnd import dft, lowering, selection
 from convnd.spec import make_spec
-
-FIRST_LOWERED = (1, 2, 3)  # native dims: the first dim is the one the DFT runs along
 
 # (id, x shape, w shape, kwargs, max_memory)
 CASES = [
@@ -40,14 +38,8 @@ CASES = [
 
 @pytest.mark.parametrize(("case", "x_shape", "w_shape", "kw", "max_memory"), CASES, ids=[c[0] for c in CASES])
 def test_dft_is_exact_in_float64(case, x_shape, w_shape, kw, max_memory, monkeypatch):
-    calls = []
-    native = lowering.native
-    monkeypatch.setattr(lowering, "native", lambda *a: calls.append(a[3].groups) or native(*a))
-    x, w, b = seeded(x_shape, w_shape)
     # None: room for every frequency in one call (the default budget may split even small ones)
-    with convnd.strategy("dft", native_axes=FIRST_LOWERED, max_memory=max_memory or 1 << 30):
-        y = convnd.conv(x, w, b, **kw)
-    np.testing.assert_allclose(y.numpy(), oracle(x, w, b, kw), rtol=0, atol=1e-10)
+    calls = forced_exact("dft", x_shape, w_shape, kw, max_memory or 1 << 30, monkeypatch, lambda *a: a[3].groups)
     spec = spec_of(w_shape, kw)
     low, high = (0, 0) if spec.padding_mode != "zeros" else spec.padding[0]
     size = x_shape[2] + (sum(spec.padding[0]) if spec.padding_mode != "zeros" else 0)

@@ -13,11 +13,9 @@ from hypothesis import strategies as st
 from torch.autograd import gradcheck
 
 import convnd
-from configs import oracle, seeded
+from configs import FIRST_LOWERED, forced_exact, oracle, seeded, spec_of
 from convnd import lowering, selection, winograd
 from convnd.spec import make_spec
-
-FIRST_LOWERED = (1, 2, 3)  # native dims: the first dim is the one F(2, 3) runs along
 
 # (id, x shape, w shape, kwargs, max_memory)
 CASES = [
@@ -38,15 +36,8 @@ CASES = [
 
 @pytest.mark.parametrize(("case", "x_shape", "w_shape", "kw", "max_memory"), CASES, ids=[c[0] for c in CASES])
 def test_winograd_is_exact_in_float64(case, x_shape, w_shape, kw, max_memory, monkeypatch):
-    calls = []
-    native = lowering.native
-    monkeypatch.setattr(lowering, "native", lambda *a: calls.append(a[0].shape[0]) or native(*a))
-    x, w, b = seeded(x_shape, w_shape)
-    with convnd.strategy("winograd", native_axes=FIRST_LOWERED, max_memory=max_memory):
-        y = convnd.conv(x, w, b, **kw)
-    np.testing.assert_allclose(y.numpy(), oracle(x, w, b, kw), rtol=0, atol=1e-10)
-    spec = make_spec(tuple(w.shape[2:]), kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1))
-    out = spec.output_size(x.shape[2:])[0]
+    calls = forced_exact("winograd", x_shape, w_shape, kw, max_memory, monkeypatch, lambda *a: a[0].shape[0])
+    out = spec_of(w_shape, kw).output_size(x_shape[2:])[0]
     m = winograd.tile(out)
     per_run = m + 2  # native calls: one per transformed frame
     runs = -(-out // m) if max_memory == 1 else 1 if max_memory is None else len(calls) // per_run
@@ -58,8 +49,7 @@ def test_winograd_is_exact_in_float64(case, x_shape, w_shape, kw, max_memory, mo
 def test_the_cases_cover_every_tile_size():
     tiles = set()
     for _, x_shape, w_shape, kw, _ in CASES:
-        spec = make_spec(tuple(w_shape[2:]), kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1))
-        tiles.add(winograd.tile(spec.output_size(x_shape[2:])[0]))
+        tiles.add(winograd.tile(spec_of(w_shape, kw).output_size(x_shape[2:])[0]))
     assert tiles == set(winograd.POINTS)
 
 

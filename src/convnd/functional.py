@@ -117,8 +117,9 @@ def direct_key(
 
 
 def _remember(key: tuple[Any, ...] | None, spec: ConvSpec) -> None:
-    """Keep ``spec`` under ``key`` once a call has run it as one native call (see :func:`direct_key`)."""
-    if key is None or spec.dims > 3:
+    """Keep ``spec`` under ``key`` once a call has run it (a key is only made for a weight of at most 5 dims in
+    torch's layout, N <= 3: one native call, see :func:`direct_key`)."""
+    if key is None:
         return
     if len(_DIRECT) >= _DIRECT_MAX:
         _DIRECT.clear()

@@ -369,13 +369,11 @@ def make_spec(
     """
     if tracing():  # no cache keys from traced (maybe symbolic) ints: see convnd.caching
         return _build_spec(kernel, stride, padding, dilation, groups, padding_mode, transposed, output_padding)
-    try:
-        return _cached_spec(
-            _freeze(kernel), _freeze(stride), _freeze(padding), _freeze(dilation), _freeze(groups),
-            _freeze(padding_mode), bool(transposed), _freeze(output_padding),
-        )  # fmt: skip
-    except _Uncacheable:
+    key = argument_key((kernel, stride, padding, dilation, groups, padding_mode, output_padding))
+    if key is None:
         return _build_spec(kernel, stride, padding, dilation, groups, padding_mode, transposed, output_padding)
+    kernel, stride, padding, dilation, groups, padding_mode, output_padding = key
+    return _cached_spec(kernel, stride, padding, dilation, groups, padding_mode, bool(transposed), output_padding)
 
 
 def _build_spec(
