@@ -437,8 +437,7 @@ def workspace(name: str, spec: ConvSpec, how: lowering.Plan, x_shape: Sequence[i
         # output accumulates in place: not counted)
         return 2 * (g["foldspread_in"] + g["foldspread_slabs"])
     if name == "winograd":
-        # one transformed frame set and its products at a time, and oneDNN's copies of both
-        return 2 * g["winograd_in"] + 3 * g["winograd_out"]
+        return _winograd_workspace(g, whole=True)
     if name == "dft":
         # the spectrum and its channel-grouped copy, the products, the kernel's spectra, and the output's
         # accumulator (the products' inverse transform is added into it in place). Fresh-process peaks of the
@@ -520,14 +519,15 @@ def cost(
         rate = _rate(inner * fold_taps, g["per_group_out"] * k_last, reduction)
         native = g["foldspread_slabs"] * reduction * g["inner_taps"]
         return 2 * native / rate + traffic + _CALL
-    if name == "winograd":  # m + 2 native calls per tile of m output frames (F(m, 3)), transforms as passes of adds
+    if name == "winograd":  # m + 2 native calls per tile of m output frames (F(m, 3)), transforms as matrix products
         if not winograd.applies(g["spec"], how.native_rank):
             return math.inf
         rate = _rate(inner, g["per_group_out"], g["per_group_in"])
         window = winograd.tile(g["first_out"]) + 2  # transformed frames (native calls) per tile
         native = 2 * g["per_group_in"] * g["inner_taps"] * window * g["winograd_out"]
-        terms_in, terms_out = winograd.terms(g["first_out"])  # each a pass over one transformed frame set
-        passes = 1.5 * terms_in * g["winograd_in"] + 5 / 3 * terms_out * g["winograd_out"]
+        # the input laid out frame-major, the transformed frames written, the products copied into the workspace
+        # and read by A^T, the output's frames copied into place
+        passes = 2 * g["in"] + 2 * window * g["winograd_in"] + 3 * window * g["winograd_out"] + 3 * g["out"]
         return native / rate + traffic + passes * _SECONDS_PER_ELEMENT + window * _CALL
     if name == "dft":  # one grouped native call over L / 2 frequency groups, each a complex product as a real block
         if not dft.applies(g["spec"], how.native_rank):
@@ -662,8 +662,22 @@ def winograd_pieces(
     """How many runs of tiles ``winograd`` computes, so that one run's workspace fits the budget (a tile per run
     at most); the run (:func:`convnd.chunking.run_within`) and the cost model both ask here."""
     g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
+    limit = chunking.budget_bytes(g["in"], g["out"], itemsize, how)
+    if _winograd_workspace(g, whole=True) * itemsize <= limit:
+        return 1
     tiles = math.ceil(g["first_out"] / winograd.tile(g["first_out"]))
-    return _runs_within("winograd", spec, how, x_shape, w_shape, itemsize, tiles)
+    fit = max(1, int(tiles * limit // max(_winograd_workspace(g, whole=False) * itemsize, 1)))
+    return math.ceil(tiles / min(fit, tiles))
+
+
+def _winograd_workspace(g: dict[str, Any], whole: bool) -> int:
+    """``winograd``'s buffers (:func:`convnd.winograd.winograd`): a run's workspace holds its m + 2 transformed
+    frame sets and then, over them, their products; before it, the run's input frames laid out frame-major
+    (in the output's storage when the convolution runs ``whole`` and the output is no smaller); during the
+    native calls, oneDNN's copies of a frame set and its product."""
+    sets = winograd.tile(g["first_out"]) + 2
+    frames = 0 if whole and g["out"] >= g["in"] else g["in"]
+    return sets * max(g["winograd_in"], g["winograd_out"]) + max(frames, g["winograd_in"] + 2 * g["winograd_out"])
 
 
 @trace_safe_cache(maxsize=4096)
