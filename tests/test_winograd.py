@@ -109,6 +109,20 @@ def test_winograd_runs_fold_where_f23_does_not_apply(case, kw, w_shape):
     assert torch.equal(results["winograd"], results["fold"])
 
 
+@pytest.mark.parametrize("budget", [None, 1], ids=["whole", "runs of one tile"])
+@pytest.mark.parametrize("channels", [(3, 5), (5, 3)], ids=["products larger", "products smaller"])
+def test_the_in_place_workspace_gives_the_recorded_paths_bits(channels, budget):
+    # without a gradient a run's products overwrite its transformed frames in one workspace (descending where a
+    # product is larger, ascending where smaller) and whole runs lay the frames out in the output's storage;
+    # autograd through the lowering records separate buffers instead: the same products, summed the same way
+    c_in, c_out = channels
+    x, w, b = seeded((2, c_in, 7, 4, 5, 3), (c_out, c_in, 3, 3, 2, 3), torch.float32)
+    with convnd.strategy("winograd", native_axes=FIRST_LOWERED, custom_backward=False, max_memory=budget):
+        lean = convnd.conv(x, w, b, padding=1)
+        recorded = convnd.conv(x.requires_grad_(), w, b, padding=1)
+    assert recorded.requires_grad and torch.equal(lean, recorded.detach())
+
+
 @pytest.mark.parametrize("custom", [True, False], ids=["custom backward", "autograd through"])
 def test_winograd_gradients_pass_gradcheck(custom):
     x, w, b = (t.requires_grad_() for t in seeded((1, 3, 5, 2, 3, 2), (2, 3, 3, 2, 2, 2)))
@@ -132,6 +146,9 @@ def test_the_model_prices_winograds_calls_and_passes():
     with convnd.strategy(max_memory=1 << 20):
         tight = lowering.plan(spec, input_shape=shapes[0], weight_shape=shapes[1])
     assert selection.winograd_pieces(spec, tight, *shapes, 4) == 2
+    with convnd.strategy(max_memory=1 << 16):  # one tile's frames, workspace and native copies: about 2.6 MB
+        tiny = lowering.plan(spec, input_shape=shapes[0], weight_shape=shapes[1])
+    assert selection.chunked_cost("winograd", spec, tiny, *shapes) == float("inf")
     assert winograd.applies(spec.select((0, 1, 2, 3)), 3)
 
 

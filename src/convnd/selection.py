@@ -600,10 +600,10 @@ def chunked_cost(
         rows = math.ceil(g["first_out"] / pieces)
         return _in_runs(whole, g, pieces, frames // max(g["first_out"], 1) * rows, channels)
     if name == "winograd":
-        if whole == math.inf:
-            return whole
-        pieces = winograd_pieces(spec, how, x_shape, w_shape, 4)
         runs = math.ceil(g["first_out"] / winograd.tile(g["first_out"]))
+        if whole == math.inf or _winograd_workspace(g, whole=False) > limit * runs:
+            return math.inf  # not applicable, or even one tile's buffers would not fit
+        pieces = winograd_pieces(spec, how, x_shape, w_shape, 4)
         return _in_runs(whole, g, pieces, g["batch"] * g["outer_rest"] * math.ceil(runs / pieces), g["channels"])
     if name == "dft":
         if whole == math.inf:
