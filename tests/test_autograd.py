@@ -294,3 +294,62 @@ def test_phase_backward_matches_autograd_through_unfold_on_random_configs(data):
             grads[name] = torch.autograd.grad(convnd.conv(*leaves, **kw), leaves, g)
     for ours, theirs in zip(grads["fold"], grads["unfold"]):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-9)
+
+
+# (id, kwargs, input spatial size, kernel, strategy the input gradient's forward form is forced to)
+ADJOINT_CASES = [
+    ("winograd", {"padding": 1}, (5, 3, 4, 3), (3, 2, 3, 2), "winograd"),
+    ("winograd, grouped, one-sided", {"padding": (1, 0, 1, 0), "groups": 2}, (6, 3, 4, 3), (3, 2, 2, 2), "winograd"),
+    ("dft, dilated", {"padding": (2, 1, 1, 1), "dilation": (1, 2, 1, 1)}, (6, 6, 3, 4), (5, 2, 3, 2), "dft"),
+    ("dft, no padding", {}, (7, 3, 4, 3), (4, 2, 2, 2), "dft"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "kw", "size", "kernel", "name"), ADJOINT_CASES, ids=[c[0] for c in ADJOINT_CASES])
+def test_the_input_gradient_runs_as_a_forward_convolution_of_fewer_products(case, kw, size, kernel, name, monkeypatch):
+    # a stride-1 input gradient is the forward convolution of the output gradient with the flipped, transposed
+    # weight: planned so, winograd and dft apply (as the transposed convolution it also is, neither does)
+    groups = kw.get("groups", 1)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn((2, 4, *size), generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn((6, 4 // groups, *kernel), generator=gen, dtype=torch.float64, requires_grad=True)
+    ran = []
+    adjoint = autograd.forward_adjoint
+    monkeypatch.setattr(autograd, "forward_adjoint", lambda *a: ran.append(adjoint(*a)) or ran[-1])
+    with convnd.strategy(name, native_axes=(1, 2, 3), custom_backward=True):
+        y = convnd.conv(x, w, **kw)
+        grads = torch.autograd.grad(y, (x, w), torch.ones_like(y))
+    assert ran and ran[0] is not None and ran[0][1].strategy == name
+    with convnd.strategy("tapsum", custom_backward=False):  # autograd through the plain tap sum
+        expected = torch.autograd.grad(convnd.conv(x, w, **kw), (x, w), torch.ones_like(y))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    with convnd.strategy(name, native_axes=(1, 2, 3), custom_backward=True):
+        assert gradcheck(lambda x, w: convnd.conv(x, w, **kw), (x, w), fast_mode=True)
+
+
+@pytest.mark.parametrize(
+    ("case", "kw", "kernel", "name"),
+    [
+        ("strided", {"stride": (1, 2, 1, 1), "padding": 1}, (3, 3, 3, 3), "winograd"),
+        ("padding past the kernel's reach", {"padding": (3, 1, 1, 1)}, (3, 3, 3, 3), "winograd"),
+        ("a plan with as many products", {"padding": 1}, (3, 3, 3, 3), "fold"),
+        ("where F(m, 3) does not apply", {"padding": 2}, (5, 3, 3, 3), "winograd"),
+    ],
+)
+def test_the_input_gradient_stays_in_the_combined_backward_elsewhere(case, kw, kernel, name):
+    x = torch.randn((1, 2, 5, 4, 4, 4), dtype=torch.float64)
+    w = torch.randn((3, 2, *kernel), dtype=torch.float64)
+    spec = convnd.spec.make_spec(kernel, kw.get("stride", 1), kw["padding"])
+    with convnd.strategy(name, native_axes=(1, 2, 3)):
+        how = convnd.lowering.plan(spec, input_shape=x.shape, weight_shape=w.shape)
+        grad = torch.zeros((1, 3, *spec.output_size(x.shape[2:])), dtype=torch.float64)
+        assert autograd.forward_adjoint(grad, w, spec, how) is None
+
+
+def test_an_emulations_input_gradient_keeps_its_pinned_rank():
+    spec = convnd.spec.make_spec((3, 3, 3, 3), padding=1)
+    how = convnd.lowering.plan(spec, 2, input_shape=(1, 2, 5, 4, 4, 4), weight_shape=(3, 2, 3, 3, 3, 3))
+    assert how.pinned
+    grad = torch.zeros((1, 3, 5, 4, 4, 4))
+    assert autograd.forward_adjoint(grad, torch.zeros((3, 2, 3, 3, 3, 3)), spec, how) is None
