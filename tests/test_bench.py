@@ -184,3 +184,59 @@ def test_forced_winograd_dft_and_foldspread_get_a_column_only_where_they_run_as_
     assert all(bench._applies(name, bench.find("5d")) for name in bench.STRATEGIES if name not in ("winograd", "dft"))
     four_d = [w for w in bench.WORKLOADS if w.dims == 4]
     assert four_d and not any(bench._applies("foldspread", w) for w in four_d)  # one lowered dim each
+
+
+@pytest.mark.parametrize("w", [w for w in (*bench.WORKLOADS, *bench.QUICK) if w.dims > 3], ids=lambda w: w.name)
+def test_the_equal_flops_conv3d_does_the_workloads_multiply_adds(w, monkeypatch):
+    # the CUDA target's yardstick: cuDNN's conv3d on the same work (folded outer frames and taps)
+    seen = []
+    for name in ("conv3d", "conv_transpose3d"):
+        native = getattr(torch.nn.functional, name)
+        monkeypatch.setattr(torch.nn.functional, name, lambda *a, native=native, **k: seen.append(a) or native(*a, **k))
+    run = bench.equal_flops_runner(w)
+    x, weight = w.operands()
+    y = run(x, weight)
+    ((xs, ws, *_),) = seen
+    taps = ws[0, 0].numel()
+    macs = xs.numel() * ws.shape[1] * taps if w.transposed else y.numel() * ws.shape[1] * taps
+    assert 2 * macs == w.flops()
+
+
+def test_off_the_cpu_the_yardstick_joins_and_jax_leaves():
+    w = bench.find("4d")
+    assert bench.EQUAL_FLOPS not in bench.peers(w, False, "cpu")
+    on_gpu = bench.peers(w, False, "cuda")  # only the device's type decides; nothing runs here
+    assert bench.EQUAL_FLOPS in on_gpu and "jax" not in on_gpu
+    assert bench.EQUAL_FLOPS not in bench.peers(bench.find("3d-tiny"), False, "cuda")  # N <= 3: torch itself
+
+
+def test_the_yardstick_is_not_a_peer_in_the_geometric_mean():
+    r = _result()
+    r.seconds = {"convnd": 0.002, "torchnd": 0.004, bench.EQUAL_FLOPS: 0.001}
+    means = bench.geometric_mean_speedup([r])
+    assert means["fastest peer"] == pytest.approx(2.0) and means[bench.EQUAL_FLOPS] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("gpu0", "--device must be a torch device such as 'cpu' or 'cuda', got 'gpu0'"),
+        ("meta", "--device must be a device available here (torch sees none of that type), got 'meta'"),
+    ],
+)
+def test_an_unusable_device_is_refused_by_name(name, expected):
+    with pytest.raises(ValueError) as caught:
+        bench.bench_device(name)
+    assert str(caught.value) == expected
+
+
+def test_a_run_on_the_device_times_every_implementation_there(device):
+    # on CPU in CI; with pytest --device=cuda, the GPU path: operands there, synchronized steps, the yardstick
+    out = io.StringIO()
+    tiny = bench.find("4d-tiny")
+    results = bench.run_benchmarks([tiny], modes=[False, True], rounds=1, strategies=False, gemm=64, out=out,
+                                   device=device)  # fmt: skip
+    for r in results:
+        assert (bench.EQUAL_FLOPS in r.seconds) == (device.type != "cpu")
+        assert all(s > 0 for s in r.seconds.values())
+    assert f"{tiny.name}: 4-d" in out.getvalue()

@@ -9,7 +9,11 @@ work. Peers are imported here only, when the benchmark runs:
 - ``torchnd``: ``torchnd.conv_nd`` (PyPI), when installed;
 - ``frame loop``: the usual hand-written ConvNd port, one conv3d per output frame and
   outer kernel tap (written below);
-- ``jax``: ``jax.lax.conv_general_dilated``, when installed.
+- ``jax``: ``jax.lax.conv_general_dilated``, when installed (on the CPU).
+
+On a GPU (``--device cuda``) every implementation runs there, each timed call ends with a
+synchronization, and a yardstick joins them: ``conv3d, equal FLOPs``, the native conv3d
+(cuDNN) of the same multiply-adds (:func:`equal_flops_runner`), the issue's CUDA reference.
 
 ``benchmarks/run.py`` drives the same functions; the README's numbers come from it.
 """
@@ -63,8 +67,10 @@ class Workload:
     def dims(self) -> int:
         return len(self.spatial)
 
-    def operands(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random input and weight (a fixed seed, so every implementation sees the same numbers)."""
+    def operands(
+        self, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random input and weight (a fixed seed, so every implementation sees the same numbers), on ``device``."""
         gen = torch.Generator().manual_seed(0)
         x = torch.randn((self.batch, self.in_channels, *self.spatial), generator=gen, dtype=dtype)
         if self.transposed:
@@ -72,7 +78,7 @@ class Workload:
         else:
             shape = (self.out_channels, self.in_channels // self.groups)
         w = torch.randn((*shape, *(self.kernel,) * self.dims), generator=gen, dtype=dtype) / 10
-        return x, w
+        return x.to(device), w.to(device)
 
     @property
     def spec(self) -> ConvSpec:
@@ -218,13 +224,48 @@ def jax_runner(w: Workload) -> Runner | None:
     return lambda x, weight: torch.from_numpy(np.array(fn(x.numpy(), weight.numpy()).block_until_ready()))
 
 
-def peers(w: Workload, backward: bool) -> dict[str, Runner]:
-    """The peers found for this workload (JAX forward only)."""
+def equal_flops_runner(w: Workload) -> Runner:
+    """The native conv3d with the multiply-adds of ``w`` (N > 3): the outer dims' output frames join the batch and
+    their kernel taps the input channels (transposed: the output channels), over the inner three dims with the same
+    kernel, stride and padding. A yardstick of the native kernels' rate on equal work (cuDNN on a GPU), not a peer:
+    it computes another convolution. Its input is a fresh tensor of the folded shape; only time is compared."""
+    n_outer = w.dims - 3
+    frames = math.prod(w.spatial[:n_outer] if w.transposed else w.output_size()[:n_outer])
+    taps = w.kernel**n_outer
+    inner = w.spatial[n_outer:]
+    if w.transposed:
+        x_shape = (w.batch * frames, w.in_channels, *inner)
+        w_shape, native = (w.in_channels, w.out_channels * taps // w.groups), F.conv_transpose3d
+    else:
+        x_shape = (w.batch * frames, w.in_channels * taps, *inner)
+        w_shape, native = (w.out_channels, w.in_channels * taps // w.groups), F.conv3d
+    operands: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def run(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        key = (x.device, x.dtype, x.requires_grad)
+        if key not in operands:  # made once per device and mode: the timed calls run only the convolution
+            xs = torch.randn(x_shape, device=x.device, dtype=x.dtype).requires_grad_(x.requires_grad)
+            ws = torch.randn((*w_shape, *(w.kernel,) * 3), device=x.device, dtype=x.dtype)
+            operands[key] = xs, ws.requires_grad_(weight.requires_grad)
+        xs, ws = operands[key]
+        return native(xs, ws, None, w.stride, w.padding, groups=w.groups)
+
+    return run
+
+
+EQUAL_FLOPS = "conv3d, equal FLOPs"
+
+
+def peers(w: Workload, backward: bool, device: str | torch.device = "cpu") -> dict[str, Runner]:
+    """The peers found for this workload (JAX forward only, on the CPU); off the CPU, past 3 dims, the equal-FLOPs
+    conv3d yardstick (:func:`equal_flops_runner`) too."""
     found: dict[str, Runner | None] = {"torchnd": torchnd_runner(w)}
     if w.dims > 3:
         found["frame loop"] = frame_loop_runner(w)
-        if not backward:
+        if not backward and torch.device(device).type == "cpu":
             found["jax"] = jax_runner(w)
+        if torch.device(device).type != "cpu":
+            found[EQUAL_FLOPS] = equal_flops_runner(w)
     else:
         found["torch.nn.functional"] = torch_runner(w)
     return {name: run for name, run in found.items() if run is not None}
@@ -234,13 +275,15 @@ def peers(w: Workload, backward: bool) -> dict[str, Runner]:
 
 
 def _step(run: Runner, x: torch.Tensor, weight: torch.Tensor, backward: bool, calls: int) -> Callable[[], None]:
-    """One timed unit: ``calls`` forward (or forward+backward) passes."""
+    """One timed unit: ``calls`` forward (or forward+backward) passes, finished on the device (synchronized)."""
+    done = _synchronizer(x.device)
     if not backward:
 
         def forward() -> None:
             with torch.no_grad():
                 for _ in range(calls):
                     run(x, weight)
+            done()
 
         return forward
     xg, wg = x.detach().requires_grad_(), weight.detach().requires_grad_()
@@ -249,8 +292,17 @@ def _step(run: Runner, x: torch.Tensor, weight: torch.Tensor, backward: bool, ca
         for _ in range(calls):
             run(xg, wg).sum().backward()
             xg.grad = wg.grad = None
+        done()
 
     return both
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    """What makes a timed unit's end its kernels' end: nothing on the CPU, a device synchronization elsewhere."""
+    if device.type == "cpu":
+        return lambda: None
+    module = getattr(torch, device.type)
+    return lambda: module.synchronize(device)
 
 
 def time_side_by_side(
@@ -311,8 +363,9 @@ def bench_workload(
     strategies: bool,
     gemm: int,
     progress: Callable[[], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> Result:
-    """Time convnd (and, with ``strategies``, each forced strategy) against every peer found.
+    """Time convnd (and, with ``strategies``, each forced strategy) against every peer found, on ``device``.
 
     A ``gemm`` x ``gemm`` float32 matrix product runs in the same rounds: its rate is the
     machine's reference for this workload's "of GEMM" column.
@@ -322,8 +375,8 @@ def bench_workload(
         runners.update({f"convnd:{s}": convnd_runner(w, s) for s in STRATEGIES if _applies(s, w)})
         if backward:
             runners["convnd:autograd-thru"] = convnd_runner(w, custom_backward=False)
-    runners.update(peers(w, backward))
-    seconds = time_runners(w, runners, backward=backward, rounds=rounds, gemm=gemm, progress=progress)
+    runners.update(peers(w, backward, device))
+    seconds = time_runners(w, runners, backward=backward, rounds=rounds, gemm=gemm, progress=progress, device=device)
     rate = 2 * gemm**3 / seconds.pop(GEMM)
     return Result(w, backward, seconds, rate, plan=plan_name(w, training=backward))
 
@@ -344,14 +397,16 @@ def time_runners(
     rounds: int,
     gemm: int | None = None,
     progress: Callable[[], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, float]:
-    """Median seconds per call of each runner on ``w``'s operands, side by side (:func:`time_side_by_side`);
-    with ``gemm``, a ``gemm``-sized float32 matrix product in the same rounds (its seconds under :data:`GEMM`)."""
-    x, weight = w.operands()
+    """Median seconds per call of each runner on ``w``'s operands (on ``device``), side by side
+    (:func:`time_side_by_side`); with ``gemm``, a ``gemm``-sized float32 matrix product in the same rounds (its
+    seconds under :data:`GEMM`)."""
+    x, weight = w.operands(device=device)
     calls = _calls(w)
     steps = {name: _step(run, x, weight, backward, calls) for name, run in runners.items()}
     if gemm is not None:
-        steps[GEMM] = _gemm_step(gemm)
+        steps[GEMM] = _gemm_step(gemm, x.device)
     medians = time_side_by_side(steps, rounds, progress)
     return {name: s / (1 if name == GEMM else calls) for name, s in medians.items()}
 
@@ -359,11 +414,12 @@ def time_runners(
 GEMM = "float32 GEMM"
 
 
-def _gemm_step(size: int) -> Callable[[], None]:
-    """One square float32 matrix product, timed in the same rounds as the workload."""
+def _gemm_step(size: int, device: str | torch.device = "cpu") -> Callable[[], None]:
+    """One square float32 matrix product on ``device``, timed in the same rounds as the workload."""
     gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
-    return lambda: torch.mm(a, b)
+    a, b = (torch.randn(size, size, generator=gen).to(device) for _ in range(2))
+    done = _synchronizer(torch.device(device))
+    return lambda: (torch.mm(a, b), done())
 
 
 def _calls(w: Workload) -> int:
@@ -423,6 +479,23 @@ def peak_extra_memory(w: Workload) -> dict[str, float]:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def device_extra_memory(w: Workload, device: torch.device) -> dict[str, float]:
+    """On a CUDA device: the caching allocator's peak of one forward beyond its input, weight and output (its
+    statistics count live tensors exactly, so no fresh process is needed)."""
+    x, weight = w.operands(device=device)
+    run = convnd_runner(w)
+    with torch.no_grad():
+        run(x, weight)  # warm-up: plans, cuDNN's choices
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        y = run(x, weight)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+    io = (x.numel() + y.numel()) * x.element_size()
+    return {"extra_bytes": peak - before - y.numel() * y.element_size(), "input_plus_output_bytes": io}
 
 
 def find(name: str) -> Workload:
@@ -511,11 +584,12 @@ def geometric_mean_speedup(results: Sequence[Result]) -> dict[str, float]:
     peer was fastest on each workload (the issue's target)."""
     ratios: dict[str, list[float]] = {}
     for r in results:
-        peers = {name: s for name, s in r.seconds.items() if name != "convnd" and not name.startswith("convnd:")}
-        for name, seconds in peers.items():
+        others = {name: s for name, s in r.seconds.items() if name != "convnd" and not name.startswith("convnd:")}
+        for name, seconds in others.items():
             ratios.setdefault(name, []).append(seconds / r.seconds["convnd"])
+        peers = [s for name, s in others.items() if name != EQUAL_FLOPS]  # a yardstick, not a peer
         if peers:
-            ratios.setdefault(FASTEST, []).append(min(peers.values()) / r.seconds["convnd"])
+            ratios.setdefault(FASTEST, []).append(min(peers) / r.seconds["convnd"])
     return {name: math.exp(statistics.fmean(map(math.log, v))) for name, v in ratios.items()}
 
 
@@ -576,8 +650,9 @@ def run_benchmarks(
     gemm: int = 1536,
     out: Any = None,
     system_malloc: bool = False,
+    device: str | torch.device = "cpu",
 ) -> list[Result]:
-    """Benchmark every workload in every mode, printing each table as it completes.
+    """Benchmark every workload in every mode on ``device``, printing each table as it completes.
 
     Unless ``system_malloc``, glibc's malloc is first told to keep freed memory (:func:`keep_freed_memory`).
     """
@@ -585,7 +660,8 @@ def run_benchmarks(
     progress = Progress(len(workloads) * len(modes) * rounds)
     allocator = "system malloc" if system_malloc else keep_freed_memory()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {allocator}; medians of {rounds} interleaved "
+        f"torch {torch.__version__}{_device_words(device)}, {torch.get_num_threads()} threads, {allocator}; "
+        f"medians of {rounds} interleaved "
         f"rounds, each a call after an untimed one; 'of GEMM': fraction of a {gemm}^3 float32 GEMM timed in the same "
         "rounds",
         file=out,
@@ -595,7 +671,7 @@ def run_benchmarks(
         for w in workloads:
             progress.label = f"{w.name} {'fwd+bwd' if backward else 'fwd'}"
             result = bench_workload(
-                w, backward=backward, rounds=rounds, strategies=strategies, gemm=gemm, progress=progress
+                w, backward=backward, rounds=rounds, strategies=strategies, gemm=gemm, progress=progress, device=device
             )
             results.append(result)
             progress.clear()
@@ -607,6 +683,28 @@ def run_benchmarks(
         text = ", ".join(f"{name} {value:.2f}x" for name, value in means.items())
         print(f"geometric-mean speed-up of convnd ({'forward+backward' if backward else 'forward'}): {text}", file=out)
     return results
+
+
+def _device_words(device: str | torch.device) -> str:
+    """The table header's words for a device other than the CPU (its name, where torch can tell it)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return ""
+    module = getattr(torch, device.type, None)
+    name = module.get_device_name(device) if hasattr(module, "get_device_name") else device.type
+    return f" on {name}"
+
+
+def bench_device(name: str) -> torch.device:
+    """``--device``'s value as a device torch can run the benchmark on, else convnd's error naming it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        fail("--device", name, "a torch device such as 'cpu' or 'cuda'")
+    module = getattr(torch, device.type, None)
+    if device.type != "cpu" and not (hasattr(module, "is_available") and module.is_available()):
+        fail("--device", name, "a device available here (torch sees none of that type)")
+    return device
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -624,6 +722,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overhead", action="store_true", help="also measure N <= 3 overhead over torch")
     parser.add_argument("--plot", metavar="FILE.png", default=None, help="draw the results as a bar chart")
     parser.add_argument("--memory", action="store_true", help="also measure peak extra memory of each forward")
+    parser.add_argument(
+        "--device", default="cpu", help="where to run: cpu (default) or a GPU such as cuda (adds cuDNN's conv3d)"
+    )
     parser.add_argument(
         "--system-malloc",
         action="store_true",
@@ -651,18 +752,30 @@ def run_cli(args: argparse.Namespace) -> int:
     rounds = args.rounds or (2 if args.quick else 7)
     modes = {"forward": (False,), "backward": (True,), "both": (False, True)}[args.mode]
     gemm = 256 if args.quick else 1536
+    device = bench_device(args.device)
     results = run_benchmarks(
-        workloads, modes=modes, rounds=rounds, strategies=args.strategies, gemm=gemm, system_malloc=args.system_malloc
+        workloads,
+        modes=modes,
+        rounds=rounds,
+        strategies=args.strategies,
+        gemm=gemm,
+        system_malloc=args.system_malloc,
+        device=device,
     )
     if args.memory:
         for w in workloads:
-            if w.dims > 3 and sys.platform.startswith("linux"):
-                m = peak_extra_memory(w)
-                ratio = m["extra_bytes"] / m["input_plus_output_bytes"]
-                print(
-                    f"peak extra memory, {w.name} forward: {ratio:.2f} x (input + output) "
-                    f"= {m['extra_bytes'] / 1e6:.1f} MB (peak RSS, fresh process)"
-                )
+            if w.dims > 3 and device.type == "cuda":
+                m = device_extra_memory(w, device)
+                how = "peak allocated, CUDA caching allocator"
+            elif w.dims > 3 and device.type == "cpu" and sys.platform.startswith("linux"):
+                m, how = peak_extra_memory(w), "peak RSS, fresh process"
+            else:
+                continue
+            ratio = m["extra_bytes"] / m["input_plus_output_bytes"]
+            print(
+                f"peak extra memory, {w.name} forward: {ratio:.2f} x (input + output) "
+                f"= {m['extra_bytes'] / 1e6:.1f} MB ({how})"
+            )
     if args.plot:
         plot(results, args.plot)
         print(f"plot written to {args.plot}")
