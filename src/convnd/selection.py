@@ -674,7 +674,8 @@ def _winograd_workspace(g: dict[str, Any], whole: bool) -> int:
     """``winograd``'s buffers (:func:`convnd.winograd.winograd`): a run's workspace holds its m + 2 transformed
     frame sets and then, over them, their products; before it, the run's input frames laid out frame-major
     (in the output's storage when the convolution runs ``whole`` and the output is no smaller); during the
-    native calls, oneDNN's copies of a frame set and its product."""
+    native calls, oneDNN's copies of a frame set and its product. The bench's 4d-wide whole: 1.13x input + output
+    by this estimate, 1.19-1.26x measured (fresh-process peaks; the rest is oneDNN's own scratch and the kernels)."""
     sets = winograd.tile(g["first_out"]) + 2
     frames = 0 if whole and g["out"] >= g["in"] else g["in"]
     return sets * max(g["winograd_in"], g["winograd_out"]) + max(frames, g["winograd_in"] + 2 * g["winograd_out"])
