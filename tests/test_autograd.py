@@ -353,3 +353,19 @@ def test_an_emulations_input_gradient_keeps_its_pinned_rank():
     assert how.pinned
     grad = torch.zeros((1, 3, 5, 4, 4, 4))
     assert autograd.forward_adjoint(grad, torch.zeros((3, 2, 3, 3, 3, 3)), spec, how) is None
+
+
+def test_the_split_backward_is_twice_differentiable():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn((1, 2, 5, 3, 3, 2), generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn((3, 2, 3, 2, 2, 2), generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w):
+        with convnd.strategy("winograd", native_axes=(1, 2, 3), custom_backward=True):
+            return convnd.conv(x, w, padding=(1, 1, 0, 1))
+
+    spec = convnd.spec.make_spec((3, 2, 2, 2), padding=(1, 1, 0, 1))
+    with convnd.strategy("winograd", native_axes=(1, 2, 3)):
+        how = convnd.lowering.plan(spec, input_shape=x.shape, weight_shape=w.shape)
+        assert autograd.forward_adjoint(torch.zeros((1, 3, 5, 4, 2, 3)), w, spec, how) is not None
+    assert gradgradcheck(f, (x, w), fast_mode=True)
