@@ -349,6 +349,24 @@ def test_the_memo_never_skips_validation(change, error):
         convnd.conv(operands["x"], operands["w"], operands["b"], **arguments)
 
 
+@pytest.mark.parametrize("first", ["dense weight first", "odd strides first"])
+def test_the_memo_tells_weights_apart_by_their_strides(first):
+    # a remembered call runs torch's function directly, for a weight torch reads right as it is; the same shapes
+    # with a weight whose size-1 dims carry strides torch 2.13 misreads (ODD_WEIGHTS) must still get a dense copy
+    shape, strides, x_shape, kw = ODD_WEIGHTS[0]
+    gen = torch.Generator().manual_seed(3)
+    odd = torch.randn(math.prod(shape), generator=gen).as_strided(shape, strides)
+    x = torch.randn(x_shape, generator=gen).contiguous(memory_format=torch.channels_last_3d)
+    expected = F.conv3d(x.double(), odd.double(), None, **kw)
+    assert (F.conv3d(x, odd, None, **kw).double() - expected).abs().max() > 1  # torch itself misreads it
+    functional._DIRECT.clear()
+    weights = [odd.contiguous(), odd] if first == "dense weight first" else [odd, odd.contiguous()]
+    for w in weights:
+        for _ in range(2):  # the second call from the memo
+            torch.testing.assert_close(convnd.conv(x, w, **kw).double(), expected, rtol=0, atol=1e-4)
+    assert len(functional._DIRECT) == 2
+
+
 @pytest.mark.parametrize("dims", [2, 4])
 def test_torch_func_vmap_and_grad(dims):
     """torch.func's transforms see convnd as torch ops: vmap over a batch of batches, grad of a lowered call."""

@@ -7,7 +7,7 @@ is a single call of torch's own kernel with the user's arguments.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -16,7 +16,7 @@ from .caching import tracing
 from .checks import check_operands, check_tensor
 from .errors import fail
 from .layout import DEFAULT_CHANNEL_DIM, resolve_layout
-from .lowering import execute, native, plan, wants_grad
+from .lowering import bound, execute, native, plan, wants_grad
 from .spec import ConvSpec, IntOrTuple, PaddingArg, argument_key, make_spec
 
 
@@ -76,8 +76,9 @@ def run(
     return layout.from_canonical(y, input.shape)
 
 
-# N <= 3 calls in torch's layout that passed every check, by :func:`direct_key`: the spec each ran (one native call)
-_DIRECT: dict[tuple[Any, ...], ConvSpec] = {}
+# N <= 3 calls in torch's layout that passed every check, by :func:`direct_key`: the native call each ran, bound to
+# its arguments (:func:`convnd.lowering.bound`)
+_DIRECT: dict[tuple[Any, ...], tuple[Callable[..., torch.Tensor], tuple[Any, ...]]] = {}
 _DIRECT_MAX = 4096
 
 
@@ -86,9 +87,11 @@ def direct_key(
 ) -> tuple[Any, ...] | None:
     """Everything that decides whether a functional call passes convnd's checks and which spec it runs: its
     arguments' values (:func:`convnd.spec.argument_key`) and each operand's shape, dtype and device (a tensor of any
-    type: the checks ask no more). A call with the key of one that ran as a single native call (N <= 3, torch's
-    layout) runs as that call did, without parsing its arguments or checking its operands again: 7.5 -> 6.0-6.3 us
-    over F.conv2d on a tiny input (fastest rounds; building the key is most of what is left).
+    type: the checks ask no more), and the weight's strides (whether torch reads it right as it is, see
+    :func:`convnd.lowering.bound`). A call with the key of one that ran as a single native call (N <= 3, torch's
+    layout) runs as that call did, without parsing its arguments or checking its operands again, its native call
+    bound to its arguments (one torch call): 7.5 -> 6.0-6.3 us over F.conv2d on a tiny input before the binding
+    (fastest rounds), about 1.4 us less with it in a tight loop.
 
     None (no shortcut) while tracing, for another layout (``layout``: channel_dim, spatial_dims, convolution), or
     for an operand that is not a tensor or an argument that is not plain ints and words.
@@ -108,7 +111,8 @@ def direct_key(
     frozen = argument_key(arguments)
     if frozen is None:
         return None
-    key = (transposed, *frozen, input.shape, input.dtype, input.device, weight.shape, weight.dtype, weight.device)
+    key = (transposed, frozen, input.shape, input.dtype, input.device, weight.shape, weight.stride(), weight.dtype,
+           weight.device)  # fmt: skip
     if bias is None:
         return key
     if not isinstance(bias, torch.Tensor):
@@ -116,14 +120,15 @@ def direct_key(
     return (*key, bias.shape, bias.dtype, bias.device)
 
 
-def _remember(key: tuple[Any, ...] | None, spec: ConvSpec) -> None:
-    """Keep ``spec`` under ``key`` once a call has run it (a key is only made for a weight of at most 5 dims in
-    torch's layout, N <= 3: one native call, see :func:`direct_key`)."""
+def _remember(key: tuple[Any, ...] | None, spec: ConvSpec, weight: torch.Tensor) -> None:
+    """Keep the native call of ``spec``, bound to its arguments for this weight's shape and strides
+    (:func:`convnd.lowering.bound`), under ``key`` once a call has run it (a key is only made for a weight of at
+    most 5 dims in torch's layout, N <= 3: one native call, see :func:`direct_key`)."""
     if key is None:
         return
     if len(_DIRECT) >= _DIRECT_MAX:
         _DIRECT.clear()
-    _DIRECT[key] = spec
+    _DIRECT[key] = bound(spec, weight)
 
 
 def channels_first(x: torch.Tensor, spec: ConvSpec) -> bool:
@@ -235,9 +240,10 @@ def _call(
     """:func:`conv` and :func:`conv_transpose`: a remembered direct call (:func:`direct_key`), else the spec from the
     weight and ``arguments`` (stride, padding, dilation, groups, padding_mode, output_padding) run by :func:`run`."""
     key = direct_key(transposed, input, weight, bias, arguments, layout)
-    spec = None if key is None else _DIRECT.get(key)
-    if spec is not None:
-        return native(input, weight, bias, spec)
+    remembered = None if key is None else _DIRECT.get(key)
+    if remembered is not None:
+        fn, native_arguments = remembered
+        return fn(input, weight, bias, *native_arguments)
     stride, padding, dilation, groups, padding_mode, output_padding = arguments
     spec = make_spec(
         kernel_of(weight), stride, padding, dilation, groups, padding_mode,
@@ -245,5 +251,5 @@ def _call(
     )  # fmt: skip
     channel_dim, spatial_dims, convolution = layout
     y = run(input, weight, bias, spec, channel_dim=channel_dim, spatial_dims=spatial_dims, convolution=convolution)
-    _remember(key, spec)
+    _remember(key, spec, weight)
     return y

@@ -20,9 +20,10 @@ and a *strategy* for the dims that rank cannot hold:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -215,10 +216,7 @@ def native(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spe
     asymmetric zero padding pads the difference and passes the common part.
     """
     if spec.transposed:
-        padding = tuple(lo for lo, _ in spec.padding)
-        return _CONV_T[spec.dims](
-            x, weight, bias, spec.stride, padding, spec.output_padding, spec.groups, spec.dilation
-        )
+        return _CONV_T[spec.dims](x, weight, bias, *_transposed_arguments(spec))
     if spec.padding_mode != "zeros":
         x, spec = pad_nd(x, spec.padding, spec.padding_mode), spec.unpadded()
     weight = _readable(weight)
@@ -228,6 +226,25 @@ def native(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spe
         x = F.pad(x, torch_pad_order(tuple((lo - c, hi - c) for (lo, hi), c in zip(spec.padding, common))))
         padding = common
     return _CONV[len(spec.kernel)](x, weight, bias, stride, padding, dilation, spec.groups)
+
+
+def _transposed_arguments(spec: ConvSpec) -> tuple[Any, ...]:
+    """torch's arguments after (input, weight, bias) for a transposed spec (symmetric zero padding)."""
+    return spec.stride, tuple(lo for lo, _ in spec.padding), spec.output_padding, spec.groups, spec.dilation
+
+
+def bound(spec: ConvSpec, weight: torch.Tensor) -> tuple[Callable[..., torch.Tensor], tuple[Any, ...]]:
+    """:func:`native` of ``spec`` as ``(fn, arguments)``, run as ``fn(x, weight, bias, *arguments)``: torch's own
+    function where the call is just that for a weight of this shape and these strides (zero padding, symmetric, a
+    weight torch reads right as it is, see :func:`_readable`), else :func:`native` with the spec bound. The
+    functional direct-call memo keeps it per (arguments, operand shapes, weight strides), so a repeated call is one
+    torch call."""
+    if spec.transposed:
+        return _CONV_T[spec.dims], _transposed_arguments(spec)
+    stride, padding, dilation = spec.native_arguments
+    if spec.padding_mode == "zeros" and padding is not None and _readable(weight) is weight:
+        return _CONV[len(spec.kernel)], (stride, padding, dilation, spec.groups)
+    return functools.partial(native, spec=spec), ()
 
 
 _LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
