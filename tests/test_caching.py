@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from convnd.caching import trace_safe_cache, tracing
+from convnd.caching import constant_tensors, trace_safe_cache, tracing
 
 
 def _counted() -> tuple[list[int], object]:
@@ -47,3 +47,25 @@ def test_traced_calls_bypass_the_cache() -> None:
     assert seen and all(seen)
     assert double.cache_info().currsize == 0  # nothing cached from a trace
     assert not tracing()
+
+
+def test_constant_tensors_are_cached_outside_inference_mode():
+    # a transform's matrices (dft, winograd): built once per (tables, arguments, dtype, device), never as inference
+    # tensors (one could not be saved for a later call's backward), fractions read as floats
+    from fractions import Fraction
+
+    made = []
+
+    def tables(n):
+        made.append(n)
+        return (((Fraction(1, 2), 2), (0, n)), (1.5, -1.0))
+
+    with torch.inference_mode():
+        first = constant_tensors(tables, (3,), torch.float64, torch.device("cpu"))
+    again = constant_tensors(tables, (3,), torch.float64, torch.device("cpu"))
+    assert made == [3] and all(a is b for a, b in zip(first, again))
+    assert not any(t.is_inference() for t in first)
+    assert first[0].tolist() == [[0.5, 2.0], [0.0, 3.0]] and first[1].tolist() == [1.5, -1.0]
+    w = torch.ones(2, requires_grad=True)
+    (first[1] * w).sum().backward()  # saved for a backward after the inference-mode call that made it
+    assert w.grad.tolist() == [1.5, -1.0]

@@ -81,7 +81,7 @@ class LoweredConv(torch.autograd.Function):
             # the input gradient runs with fewer products than a direct convolution; the native backward does the rest
             if ctx.needs_input_grad[1]:
                 grad_w = fold_grads(grad, x, weight, spec, how, (False, True))[1]
-            grad_x = run(grad, adjoint_weight(weight, spec.groups), None, *adjoint)
+            grad_x = run(grad, strategies.adjoint_weight(weight, spec.groups), None, *adjoint)
             return grad_x, grad_w, grad_b, None, None
         if ctx.needs_input_grad[0]:
             grad_x = input_grad(grad, weight, spec, tuple(x.shape[2:]), how)
@@ -131,8 +131,9 @@ def forward_adjoint(
     grad: torch.Tensor, weight: torch.Tensor, spec: ConvSpec, how: lowering.Plan
 ) -> tuple[ConvSpec, lowering.Plan] | None:
     """The input gradient of a stride-1 convolution as a forward convolution of ``grad`` with the flipped,
-    transposed weight (:func:`adjoint_weight`) and padding ``dilation * (kernel - 1) - padding`` (symmetric zeros),
-    with its plan, where the planner runs it as itself with one of :data:`FEWER_PRODUCTS`; else None.
+    transposed weight (:func:`convnd.strategies.adjoint_weight`) and padding ``dilation * (kernel - 1) - padding``
+    (:func:`convnd.strategies.forward_padding`, symmetric zeros), with its plan, where the planner runs it as itself
+    with one of :data:`FEWER_PRODUCTS`; else None.
 
     Planned as the transposed convolution it also is, neither applies; and the combined native backward of a
     ``fold``-family plan computes both gradients at a direct convolution's products. Forward+backward A/B on the
@@ -141,10 +142,14 @@ def forward_adjoint(
     """
     if spec.transposed or how.pinned or any(s != 1 for s in spec.stride):
         return None
-    padding = tuple(d * (k - 1) - lo for d, k, (lo, _) in zip(spec.dilation, spec.kernel, spec.padding))
-    if min(padding) < 0:  # padding past the kernel's reach: the adjoint would crop
+    # the transposed convolution the input gradient is (stride 1: no output padding), as the forward one it equals
+    transposed = make_spec(
+        spec.kernel, 1, tuple(lo for lo, _ in spec.padding), spec.dilation, spec.groups, transposed=True
+    )
+    padding = strategies.forward_padding(transposed)
+    if min(min(pair) for pair in padding) < 0:  # padding past the kernel's reach: the adjoint would crop
         return None
-    adjoint = make_spec(spec.kernel, 1, padding, spec.dilation, spec.groups)
+    adjoint = make_spec(spec.kernel, 1, tuple(padding), spec.dilation, spec.groups)
     w_shape = (weight.shape[1] * spec.groups, weight.shape[0] // spec.groups, *weight.shape[2:])
     plan = lowering.plan(adjoint, input_shape=grad.shape, weight_shape=w_shape)
     if plan.strategy not in FEWER_PRODUCTS or not selection.runs_as_itself(
@@ -152,14 +157,6 @@ def forward_adjoint(
     ):
         return None
     return adjoint, plan
-
-
-def adjoint_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """(C_out, C_in / G, *kernel) -> (C_in, C_out / G, *kernel) flipped over its spatial dims: the weight of the
-    forward convolution that is a stride-1 convolution's adjoint."""
-    c_out = weight.shape[0]
-    w = weight.unflatten(0, (groups, c_out // groups)).transpose(1, 2).flatten(0, 1)
-    return w.flip(tuple(range(2, w.dim())))
 
 
 def _forward_of(spec: ConvSpec) -> ConvSpec:

@@ -38,7 +38,7 @@ from dataclasses import replace
 import torch
 
 from . import lowering, strategies
-from .caching import trace_safe_cache, tracing
+from .caching import constant_tensors, trace_safe_cache
 from .padding import pad_nd
 from .spec import ConvSpec
 
@@ -97,20 +97,6 @@ def transforms(
     return tuple(input_rows), tuple(kernel_rows), tuple(output_rows)
 
 
-@trace_safe_cache(maxsize=64)
-def _matrices(
-    size: int, low: int, high: int, kernel: int, dilation: int, dtype: torch.dtype, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`transforms` as tensors of ``dtype`` on ``device``, never written to: cached in eager mode (building
-    them from Python floats took 49 us for the bench's 7-wide kernel, 0.6 ms for a 9-wide one over 64 frames), a
-    traced graph's constants while tracing."""
-    matrices = transforms(size, low, high, kernel, dilation)
-    if tracing():
-        return tuple(torch.tensor(t, dtype=dtype, device=device) for t in matrices)
-    with torch.inference_mode(False):  # a cached inference tensor could not be saved for a later call's backward
-        return tuple(torch.tensor(t, dtype=dtype, device=device) for t in matrices)
-
-
 def dft(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, rank: int, pieces: int = 1
 ) -> torch.Tensor:
@@ -129,7 +115,7 @@ def dft(
     g, out_channels = spec.groups, weight.shape[0]
     per_in, per_out = channels // g, out_channels // g
     n_groups = groups(size, low, high)
-    rows_in, rows_w, rows_out = _matrices(size, low, high, r, d, x.dtype, x.device)
+    rows_in, rows_w, rows_out = constant_tensors(transforms, (size, low, high, r, d), x.dtype, x.device)
     to_input = rows_in.reshape((n_groups * 2, size))
     to_weight = rows_w.reshape((n_groups, 2, 2, r))
     to_output = rows_out.reshape((-1, n_groups * 2))

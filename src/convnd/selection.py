@@ -666,8 +666,7 @@ def winograd_pieces(
     if _winograd_workspace(g, whole=True) * itemsize <= limit:
         return 1
     tiles = math.ceil(g["first_out"] / winograd.tile(g["first_out"]))
-    fit = max(1, int(tiles * limit // max(_winograd_workspace(g, whole=False) * itemsize, 1)))
-    return math.ceil(tiles / min(fit, tiles))
+    return _fewest_runs(tiles, limit, _winograd_workspace(g, whole=False) * itemsize)
 
 
 def _winograd_workspace(g: dict[str, Any], whole: bool) -> int:
@@ -730,7 +729,12 @@ def _runs_within(
     one unit per run at most."""
     g = _geometry(spec, how, tuple(x_shape), tuple(w_shape))
     limit = chunking.budget_bytes(g["in"], g["out"], itemsize, how)
-    whole = workspace(name, spec, how, x_shape, w_shape) * itemsize
+    return _fewest_runs(units, limit, workspace(name, spec, how, x_shape, w_shape) * itemsize)
+
+
+def _fewest_runs(units: int, limit: float, whole: float) -> int:
+    """The fewest runs of ``units`` equal shares of a ``whole`` workspace whose largest fits ``limit`` (the same
+    unit of memory); one unit per run at most."""
     fit = max(1, int(units * limit // max(whole, 1)))
     return math.ceil(units / min(fit, units))
 

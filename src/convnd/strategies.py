@@ -596,23 +596,37 @@ def as_forward(x: torch.Tensor, weight: torch.Tensor, spec: ConvSpec) -> tuple[t
     its per-group (in, out) axes swapped, stride becomes 1 and padding ``d (k - 1) - p``
     low, plus ``output_padding`` high. Padding below zero crops the input instead.
     """
-    n, groups = spec.dims, spec.groups
+    groups = spec.groups
     batch, channels = x.shape[:2]
     if any(s > 1 for s in spec.stride):
         spaced = x.new_zeros((batch, channels, *((m - 1) * s + 1 for m, s in zip(x.shape[2:], spec.stride))))
         spaced[(Ellipsis, *(slice(None, None, s) for s in spec.stride))] = x
         x = spaced
-    per_group_out = weight.shape[1]
-    w = weight.reshape((groups, channels // groups, per_group_out, *spec.kernel)).transpose(1, 2)
-    w = w.reshape((groups * per_group_out, channels // groups, *spec.kernel)).flip(tuple(range(2, 2 + n)))
-    pairs = [
-        (d * (k - 1) - lo, d * (k - 1) - hi + op)
-        for k, d, (lo, hi), op in zip(spec.kernel, spec.dilation, spec.padding, spec.output_padding)
-    ]
+    w = adjoint_weight(weight, groups)
+    pairs = forward_padding(spec)
     if any(lo < 0 or hi < 0 for lo, hi in pairs):
         x = F.pad(x, torch_pad_order(tuple((min(lo, 0), min(hi, 0)) for lo, hi in pairs)))  # negative pads crop
         pairs = [(max(lo, 0), max(hi, 0)) for lo, hi in pairs]
     return x, w, make_spec(spec.kernel, 1, tuple(pairs), spec.dilation, groups)
+
+
+def adjoint_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A convolution's weight as its adjoint's, for stride 1: (rows, cols / G, *kernel) -> (cols, rows / G,
+    *kernel), each group's two channel axes swapped and the kernel flipped over its spatial dims. A transposed
+    convolution's weight (C_in, C_out / G) becomes the forward one's (C_out, C_in / G), and a forward one's the
+    weight of the forward convolution that is its input gradient."""
+    rows = weight.shape[0]
+    w = weight.unflatten(0, (groups, rows // groups)).transpose(1, 2).flatten(0, 1)
+    return w.flip(tuple(range(2, w.dim())))
+
+
+def forward_padding(spec: ConvSpec) -> list[tuple[int, int]]:
+    """The (low, high) padding of the forward convolution a transposed ``spec`` equals: ``d (k - 1) - p`` per side,
+    plus ``output_padding`` high; below zero where that forward convolution crops instead."""
+    return [
+        (d * (k - 1) - lo, d * (k - 1) - hi + op)
+        for k, d, (lo, hi), op in zip(spec.kernel, spec.dilation, spec.padding, spec.output_padding)
+    ]
 
 
 # --- unfold: im2col + GEMM over all dims --------------------------------------------

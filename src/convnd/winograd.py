@@ -38,6 +38,7 @@ from fractions import Fraction
 import torch
 
 from . import lowering, strategies
+from .caching import constant_tensors
 from .padding import pad_nd
 from .spec import ConvSpec
 
@@ -113,7 +114,7 @@ def winograd(
     Both transforms are matrix products over frames: per tile, B^T against the tile's input frames
     (laid out frame-major once per run) and A^T against its ``m + 2`` products, one pass over their
     operands each, where adds (one pass per nonzero coefficient) read them ``m + 2`` times: measured
-    1.2-1.5x faster on the bench's 4-d workloads. ``pieces`` > 1 runs the tiles in runs, each with its
+    1.1-1.6x faster on the bench's 4-d workloads. ``pieces`` > 1 runs the tiles in runs, each with its
     own frames, transformed frames and products, so the buffers shrink by ``pieces``.
 
     Shape:
@@ -127,7 +128,9 @@ def winograd(
     low, high = spec.padding[0]
     out = x.shape[2] + low + high - 2
     m = tile(out)
-    input_transform, kernel_transform, output_transform = (_matrix(t, x) for t in TRANSFORMS[m])
+    input_transform, kernel_transform, output_transform = constant_tensors(
+        TRANSFORMS.__getitem__, (m,), x.dtype, x.device
+    )
     # G w, once: (m + 2, C_out, C/G, *inner_k), one kernel per transformed frame set
     kernels = (kernel_transform @ weight.movedim(2, 0).flatten(1)).view((m + 2, *weight.shape[:2], *weight.shape[3:]))
     y = x.new_empty((x.shape[0], weight.shape[0], out, *inner.output_size(x.shape[3:])))
@@ -148,11 +151,6 @@ def winograd(
             frames.copy_(rows.view((frames.shape[2], *frames.shape[:2], *frames.shape[3:])).movedim(0, 2))
         del products  # before the next run's buffers
     return lowering.add_bias(y, bias)
-
-
-def _matrix(rows: tuple[tuple[Fraction, ...], ...], like: torch.Tensor) -> torch.Tensor:
-    """A transform's matrix in ``like``'s dtype and device."""
-    return torch.tensor([[float(c) for c in row] for row in rows], dtype=like.dtype, device=like.device)
 
 
 def _transformed(
